@@ -31,5 +31,6 @@ pub mod names;
 pub mod parse;
 pub mod prune;
 pub mod store;
+pub mod treefile;
 pub mod version;
 pub mod workdir;

@@ -1,0 +1,1 @@
+//! rpm-ostree treefiles (being written).
