@@ -76,31 +76,35 @@ fi
 mkdir -p "$OUTDIR" "$CACHE/debs"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cosa-example-build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+KTMP=
+trap 'rm -rf "$WORK" ${KTMP:+"$KTMP"}' EXIT
 
 # --- 1. Kernel packages from the host distribution ---------------------------
 
 # Only apt-cache (local package lists, no network) is used to decide what to
 # fetch, so a warm cache makes the whole build offline.
-pkg_known() { apt-cache show --no-all-versions "$1" >/dev/null 2>&1; }
-
+# apt-cache is slow here (about 0.6 s a call, Debian images often disable its
+# on-disk cache), so ask about all candidate metapackages in one call; it
+# prints one block per package it knows, in argument order.
 if [ -n "${EXAMPLE_KERNEL_META:-}" ]; then
-    META=$EXAMPLE_KERNEL_META
-elif pkg_known linux-image-cloud-amd64; then
-    META=linux-image-cloud-amd64     # Debian: small kernel aimed at VMs
-elif pkg_known linux-image-generic; then
-    META=linux-image-generic         # Ubuntu
+    METAS=("$EXAMPLE_KERNEL_META")
 else
-    die "no kernel metapackage known to apt (linux-image-cloud-amd64 or linux-image-generic); run apt-get update"
+    # Debian first (small kernel aimed at VMs), then Ubuntu.
+    METAS=(linux-image-cloud-amd64 linux-image-generic)
 fi
 META_DEPS=$(apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
-                --no-replaces --no-enhances "$META" 2>/dev/null) || META_DEPS=
-KPKG=$(sed -n '/^ *Depends: \(linux-image-[0-9][^ ]*\)$/{s//\1/p;q}' <<<"$META_DEPS")
-[ -n "$KPKG" ] || die "cannot tell which kernel $META depends on (apt-cache depends $META)"
+                --no-replaces --no-enhances "${METAS[@]}" 2>/dev/null) || true
+# "<meta>" lines start a block; the first "Depends: linux-image-<kver>" wins.
+read -r META KPKG < <(awk '/^[^ ]/ {meta=$1}
+    $1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ {print meta, $2; exit}' <<<"$META_DEPS") || true
+[ -n "${KPKG:-}" ] \
+    || die "apt knows no kernel metapackage (${METAS[*]}) with a linux-image-<kver> dependency; run apt-get update"
 KVER=${KPKG#linux-image-}
 KPKGS=("$KPKG")
-# Ubuntu splits the modules into linux-modules-<kver>; Debian has none.
-if pkg_known "linux-modules-$KVER"; then
+# Ubuntu ships the modules separately in linux-modules-<kver>; Debian does not
+# (skip the extra apt-cache call there).
+if [ "$META" != linux-image-cloud-amd64 ] \
+        && apt-cache show --no-all-versions "linux-modules-$KVER" >/dev/null 2>&1; then
     KPKGS+=("linux-modules-$KVER")
 fi
 
@@ -127,25 +131,13 @@ fetch_deb() {
     [ -n "$DEB" ] || die "no .deb for $pkg in $CACHE/debs after downloading it"
 }
 
-KX=$WORK/kernel-extract
-mkdir -p "$KX"
+DEBS=()
 for pkg in "${KPKGS[@]}"; do
     fetch_deb "$pkg"
-    dpkg-deb -x "$DEB" "$KX"
+    DEBS+=("$DEB")
 done
 
-VMLINUZ=
-for f in "$KX/boot/vmlinuz-$KVER" "$KX/usr/lib/modules/$KVER/vmlinuz" "$KX/lib/modules/$KVER/vmlinuz"; do
-    [ -f "$f" ] && { VMLINUZ=$f; break; }
-done
-[ -n "$VMLINUZ" ] || die "no vmlinuz for $KVER in ${KPKGS[*]}"
-SRCMOD=
-for d in "$KX/lib/modules/$KVER" "$KX/usr/lib/modules/$KVER"; do
-    [ -d "$d/kernel" ] && { SRCMOD=$d; break; }
-done
-[ -n "$SRCMOD" ] || die "no modules directory for $KVER in ${KPKGS[*]}"
-
-# --- 2. Select the modules the initramfs needs, dependencies first -----------
+# --- 2. Kernel image and the modules the initramfs needs ---------------------
 
 # ko_cat FILE: module content, whatever compression the distribution uses.
 ko_cat() {
@@ -158,81 +150,114 @@ ko_cat() {
     esac
 }
 
-# Module name -> path relative to the modules dir. The kernel treats - and _
-# in module names as the same character.
-declare -A MODPATH=() BUILTIN=()
-while IFS= read -r rel; do
-    n=${rel##*/}; n=${n%%.ko*}; n=${n//-/_}
-    MODPATH[$n]=$rel
-done < <(cd "$SRCMOD" && find kernel -name '*.ko*' | LC_ALL=C sort)
-if [ -f "$SRCMOD/modules.builtin" ]; then
+# prepare_kernel DIR: extract the kernel packages and fill DIR with
+#   vmlinuz
+#   modules/   the future /usr/lib/modules/<kver> minus vmlinuz/initramfs.img:
+#              the selected modules (uncompressed), load-order, modules.dep,
+#              modules.builtin
+prepare_kernel() {
+    local out=$1 kx=$WORK/kernel-extract deb f d rel n m line deps
+    mkdir -p "$kx" "$out/modules"
+    for deb in "${DEBS[@]}"; do dpkg-deb -x "$deb" "$kx"; done
+
+    local vmlinuz= srcmod=
+    for f in "$kx/boot/vmlinuz-$KVER" "$kx/usr/lib/modules/$KVER/vmlinuz" "$kx/lib/modules/$KVER/vmlinuz"; do
+        [ -f "$f" ] && { vmlinuz=$f; break; }
+    done
+    [ -n "$vmlinuz" ] || die "no vmlinuz for $KVER in ${KPKGS[*]}"
+    # Ubuntu installs it mode 0600; the RPM spec sets the final mode anyway.
+    install -m 0644 "$vmlinuz" "$out/vmlinuz"
+    for d in "$kx/lib/modules/$KVER" "$kx/usr/lib/modules/$KVER"; do
+        [ -d "$d/kernel" ] && { srcmod=$d; break; }
+    done
+    [ -n "$srcmod" ] || die "no modules directory for $KVER in ${KPKGS[*]}"
+
+    # Module name -> path relative to the modules dir. The kernel treats - and
+    # _ in module names as the same character.
+    local -A modpath=() builtin=() seen=() deps_of=()
     while IFS= read -r rel; do
         n=${rel##*/}; n=${n%%.ko*}; n=${n//-/_}
-        BUILTIN[$n]=1
-    done < "$SRCMOD/modules.builtin"
-fi
-
-# Dependencies are read from the module's own .modinfo section (a list of
-# NUL-separated key=value strings), which is what depmod does too. This
-# avoids needing kmod's depmod/modinfo, which are not always installed.
-mod_depends() {
-    ko_cat "$SRCMOD/${MODPATH[$1]}" | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' '
-}
-
-ORDER=()                # relative paths, dependencies first
-declare -A SEEN=() DEPS=()
-visit() {
-    local n=${1//-/_} d
-    [ -z "${SEEN[$n]:-}" ] || return 0
-    SEEN[$n]=1
-    if [ -z "${MODPATH[$n]:-}" ]; then
-        [ -n "${BUILTIN[$n]:-}" ] || info "warning: kernel $KVER has no module or built-in '$n'; skipped"
-        return 0
+        modpath[$n]=$rel
+    done < <(cd "$srcmod" && find kernel -name '*.ko*' | LC_ALL=C sort)
+    if [ -f "$srcmod/modules.builtin" ]; then
+        while IFS= read -r rel; do
+            n=${rel##*/}; n=${n%%.ko*}; n=${n//-/_}
+            builtin[$n]=1
+        done < "$srcmod/modules.builtin"
+        cp "$srcmod/modules.builtin" "$out/modules/"
     fi
-    DEPS[$n]=$(mod_depends "$n")
-    for d in ${DEPS[$n]}; do visit "$d"; done
-    ORDER+=("$n")
-}
-while read -r line; do
-    line=${line%%#*}
-    for m in $line; do visit "$m"; done
-done < "$HERE/initramfs/modules.list"
 
-# transitive_deps NAME: every module NAME needs, each listed once.
-transitive_deps() {
-    local -A out=()
-    local stack=(${DEPS[$1]:-}) n
-    while [ ${#stack[@]} -gt 0 ]; do
-        n=${stack[-1]//-/_}; unset 'stack[-1]'
-        [ -n "${MODPATH[$n]:-}" ] && [ -z "${out[$n]:-}" ] || continue
-        out[$n]=1
-        stack+=(${DEPS[$n]:-})
+    # Depth-first walk; a module is appended after all its dependencies.
+    # Dependencies come from the module's own .modinfo section (NUL-separated
+    # key=value strings), the same data depmod reads; this avoids needing
+    # kmod's depmod/modinfo on the build host.
+    local order=()
+    visit() {
+        local n=${1//-/_} d
+        [ -z "${seen[$n]:-}" ] || return 0
+        seen[$n]=1
+        if [ -z "${modpath[$n]:-}" ]; then
+            [ -n "${builtin[$n]:-}" ] || info "warning: kernel $KVER has no module or built-in '$n'; skipped"
+            return 0
+        fi
+        deps_of[$n]=$(ko_cat "$srcmod/${modpath[$n]}" | tr '\0' '\n' | sed -n 's/^depends=//p' | tr ',' ' ')
+        for d in ${deps_of[$n]}; do visit "$d"; done
+        order+=("$n")
+    }
+    while read -r line; do
+        line=${line%%#*}
+        for m in $line; do visit "$m"; done
+    done < "$HERE/initramfs/modules.list"
+
+    # Copy uncompressed: busybox insmod cannot read zstd-compressed modules.
+    local -A shipped=()
+    for n in "${order[@]}"; do
+        rel=${modpath[$n]%.ko*}.ko
+        mkdir -p "$out/modules/${rel%/*}"
+        ko_cat "$srcmod/${modpath[$n]}" > "$out/modules/$rel"
+        shipped[$n]=$rel
     done
-    echo "${!out[@]}"
+
+    # load-order: what /init insmods, in this order. modules.dep: the same
+    # information in depmod's format (module: all its dependencies), so a real
+    # modprobe works on the installed system too.
+    : > "$out/modules/load-order"
+    : > "$out/modules/modules.dep"
+    for n in "${order[@]}"; do
+        echo "${shipped[$n]}" >> "$out/modules/load-order"
+        local -A closure=()
+        local stack=(${deps_of[$n]}) x
+        while [ ${#stack[@]} -gt 0 ]; do
+            x=${stack[-1]//-/_}; unset 'stack[-1]'
+            [ -n "${shipped[$x]:-}" ] && [ -z "${closure[$x]:-}" ] || continue
+            closure[$x]=1
+            stack+=(${deps_of[$x]})
+        done
+        deps=
+        for x in "${order[@]}"; do [ -z "${closure[$x]:-}" ] || deps="${shipped[$x]} $deps"; done
+        echo "${shipped[$n]}: ${deps% }" >> "$out/modules/modules.dep"
+        unset closure
+    done
+    info "kernel $KVER: ${#order[@]} modules for the initramfs"
+    rm -rf "$kx"
 }
 
-# The tree that becomes /usr/lib/modules/<kver> in example-kernel, and (minus
-# vmlinuz and initramfs.img) /lib/modules/<kver> in the initramfs.
+# Extracting the kernel packages is the slowest step of a warm build, so the
+# result is cached, keyed by the .deb files, the module list and this script.
+KEY=$( { printf '%s\n' "${DEBS[@]##*/}"; cat "$HERE/initramfs/modules.list" "${BASH_SOURCE[0]}"; } \
+       | sha256sum | cut -c1-16)
+KCACHE=$CACHE/kernel-$KVER-$KEY
+if [ ! -f "$KCACHE/.complete" ]; then
+    KTMP=$(mktemp -d "$CACHE/.kernel.XXXXXX")
+    prepare_kernel "$KTMP"
+    touch "$KTMP/.complete"
+    # Drop caches made from other inputs, then publish atomically.
+    find "$CACHE" -maxdepth 1 -name 'kernel-*' -exec rm -rf {} +
+    mv "$KTMP" "$KCACHE"
+    KTMP=
+fi
 KTREE=$WORK/modules-$KVER
-mkdir -p "$KTREE"
-: > "$KTREE/load-order"
-: > "$KTREE/modules.dep"
-for n in "${ORDER[@]}"; do
-    src=${MODPATH[$n]}
-    dst=${src%.ko*}.ko      # ship uncompressed: busybox insmod cannot read zstd
-    mkdir -p "$KTREE/$(dirname "$dst")"
-    ko_cat "$SRCMOD/$src" > "$KTREE/$dst"
-    MODPATH[$n]=$dst
-done
-for n in "${ORDER[@]}"; do
-    echo "${MODPATH[$n]}" >> "$KTREE/load-order"
-    # modules.dep lines as depmod writes them, so modprobe works too.
-    deps=
-    for d in $(transitive_deps "$n"); do deps+=" ${MODPATH[$d]}"; done
-    echo "${MODPATH[$n]}:$deps" >> "$KTREE/modules.dep"
-done
-[ -f "$SRCMOD/modules.builtin" ] && cp "$SRCMOD/modules.builtin" "$KTREE/"
-info "kernel $KVER: ${#ORDER[@]} modules for the initramfs"
+cp -R "$KCACHE/modules" "$KTREE"
 
 # --- 3. The initramfs ---------------------------------------------------------
 
@@ -249,7 +274,7 @@ chmod 0755 "$IR/bin/busybox" "$IR/init"
 find "$IR" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$IR" && find . -mindepth 1 -print0 | LC_ALL=C sort -z \
     | cpio --quiet --null --create --format=newc --reproducible --owner=0:0) \
-    | gzip -9 -n > "$WORK/initramfs.img"
+    | gzip -6 -n > "$WORK/initramfs.img"
 
 # --- 4. RPMs -------------------------------------------------------------------
 
@@ -257,7 +282,7 @@ TOP=$WORK/rpmbuild
 mkdir -p "$TOP/SOURCES" "$TOP/tmp" "$WORK/home"
 cp "$BUSYBOX" "$TOP/SOURCES/busybox"
 cp -R "$KTREE" "$TOP/SOURCES/modules-$KVER"
-install -m 0644 "$VMLINUZ" "$TOP/SOURCES/modules-$KVER/vmlinuz"
+install -m 0644 "$KCACHE/vmlinuz" "$TOP/SOURCES/modules-$KVER/vmlinuz"
 install -m 0644 "$WORK/initramfs.img" "$TOP/SOURCES/modules-$KVER/initramfs.img"
 find "$TOP/SOURCES" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 
@@ -274,6 +299,9 @@ RPMBUILD_ARGS=(
     --define "use_source_date_epoch_as_buildtime 1"
     --define "clamp_mtime_to_source_date_epoch 1"
     --define "_buildhost example-os-builder"
+    # Debian defaults to gzip -9, which takes seconds on the mostly
+    # incompressible kernel payload for no gain; -6 is the usual default.
+    --define "_binary_payload w6.gzdio"
 )
 for spec in "$HERE"/rpms/*.spec; do
     name=$(basename "$spec" .spec)
@@ -292,6 +320,8 @@ done
 rm -rf "$OUTDIR/Packages" "$OUTDIR/repodata" "$OUTDIR/.repodata"
 mkdir -p "$OUTDIR/Packages"
 find "$TOP/RPMS" -name '*.rpm' -exec cp {} "$OUTDIR/Packages/" \;
+# primary.xml records each file's mtime: pin it too.
+touch -d "@$SOURCE_DATE_EPOCH" "$OUTDIR"/Packages/*.rpm
 createrepo_c --quiet --revision "$SOURCE_DATE_EPOCH" --set-timestamp-to-revision "$OUTDIR" >/dev/null
 
 info "kernel: $KPKG ($KVER)"

@@ -1,1 +1,6 @@
+//! Integration tests: the built binaries run against real work directories, stores
+//! and tools. One test binary (as ripgrep does); modules by concern.
 
+mod changed;
+mod common;
+mod schema;

@@ -1,0 +1,109 @@
+//! Shared helpers: temporary work directories with builds, running the binaries.
+
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use cosa::builds::BuildsJson;
+use cosa::meta::Meta;
+use cosa::workdir::Workdir;
+
+/// A temporary coreos-assembler work directory, removed on drop.
+pub struct TestWorkdir {
+    _td: tempfile::TempDir,
+    pub wd: Workdir,
+}
+
+pub fn utf8(p: &std::path::Path) -> Result<Utf8PathBuf> {
+    Utf8PathBuf::from_path_buf(p.to_path_buf()).map_err(|p| anyhow::anyhow!("non-UTF-8 {}", p.display()))
+}
+
+impl TestWorkdir {
+    pub fn new() -> Result<Self> {
+        let td = tempfile::tempdir()?;
+        let wd = Workdir::init(utf8(td.path())?)?;
+        Ok(Self { _td: td, wd })
+    }
+
+    pub fn root(&self) -> &Utf8Path {
+        self.wd.root()
+    }
+
+    /// Record a build as a compose would: arch dir with a schema-valid meta.json,
+    /// builds.json entry, latest moved.
+    pub fn add_build(&self, id: &str, arch: &str) -> Result<()> {
+        let lock = self.wd.lock()?;
+        std::fs::create_dir_all(self.wd.build_arch_dir(id, arch)?)?;
+        self.wd.write_meta(&minimal_meta(id, arch), arch, &lock)?;
+        let mut b = self.wd.read_builds()?;
+        b.insert(id, arch)?;
+        self.wd.write_builds(&b, &lock)?;
+        self.wd.set_latest(Some(id), &lock)?;
+        Ok(())
+    }
+}
+
+pub fn minimal_meta(id: &str, arch: &str) -> Meta {
+    Meta {
+        buildid: id.into(),
+        name: "example-os".into(),
+        ostree_commit: "a".repeat(64),
+        ostree_version: id.into(),
+        ostree_timestamp: "2026-11-26T10:00:00Z".into(),
+        ostree_ref: Some(format!("example-os/{arch}/stable")),
+        ostree_content_checksum: None,
+        inputhash: None,
+        basearch: Some(arch.into()),
+        build_timestamp: Some("2026-11-26T10:00:00Z".into()),
+        images: Default::default(),
+        extra: Default::default(),
+    }
+}
+
+/// Write a store directory holding `builds.json` with the given (id, arch) pairs, newest last.
+pub fn file_store(dir: &Utf8Path, builds: &[(&str, &str)]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut b = BuildsJson::default();
+    for (id, arch) in builds {
+        b.insert(id, arch)?;
+    }
+    std::fs::write(dir.join("builds.json"), b.to_json_bytes()?)?;
+    Ok(())
+}
+
+/// A command for one of this package's binaries, with a clean CI environment.
+pub fn bin(name: &str) -> Command {
+    let path = match name {
+        "cosa-changed" => env!("CARGO_BIN_EXE_cosa-changed"),
+        other => panic!("unknown binary {other}"),
+    };
+    let mut c = Command::new(path);
+    for k in ["GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITLAB_CI", "COSA_WORKDIR", "RUST_LOG"] {
+        c.env_remove(k);
+    }
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(cmd: &mut Command) -> Result<Run> {
+    let Output { status, stdout, stderr } = cmd.output().context("running binary")?;
+    Ok(Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8(stdout)?,
+        stderr: String::from_utf8(stderr)?,
+    })
+}
+
+impl Run {
+    /// The one `error:` line a failing binary must print.
+    pub fn error_line(&self) -> String {
+        let lines: Vec<_> = self.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "expected one error line, stderr:\n{}", self.stderr);
+        lines[0].to_string()
+    }
+}
