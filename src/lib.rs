@@ -26,6 +26,7 @@ pub mod ci;
 pub mod cli;
 pub mod cmd;
 pub mod fsutil;
+pub mod image;
 pub mod meta;
 pub mod names;
 pub mod parse;
