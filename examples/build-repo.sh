@@ -24,6 +24,9 @@
 #   EXAMPLE_KERNEL_META       kernel metapackage to follow (default: probed)
 #   EXAMPLE_BUSYBOX           static busybox to ship (default /bin/busybox)
 #   XDG_CACHE_HOME, TMPDIR    as usual
+#
+# Exit status: 0 on success, 2 for usage errors, 97 for any other failure
+# (always reported by a last line "build-repo.sh: error: ...").
 set -eEuo pipefail
 
 PROG=build-repo.sh
@@ -64,8 +67,10 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1704067200}
 BUSYBOX=${EXAMPLE_BUSYBOX:-/bin/busybox}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/cosa-example
 
-for tool in rpmbuild createrepo_c apt-get apt-cache dpkg-deb cpio gzip; do
-    command -v "$tool" >/dev/null || die "'$tool' not found (apt-get install rpm createrepo-c cpio)"
+# tool:Debian package providing it
+for tool in rpmbuild:rpm createrepo_c:createrepo-c apt-get:apt apt-cache:apt dpkg-deb:dpkg \
+            cpio:cpio gzip:gzip flock:util-linux; do
+    command -v "${tool%%:*}" >/dev/null || die "'${tool%%:*}' not found (apt-get install ${tool#*:})"
 done
 [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (apt-get install busybox-static)"
 # The initramfs and the OS have no libc: a dynamically linked busybox would not run.
@@ -130,6 +135,12 @@ fetch_deb() {
     fi
     [ -n "$DEB" ] || die "no .deb for $pkg in $CACHE/debs after downloading it"
 }
+
+# Tests may run several builds at once with the same cache: serialise
+# everything that reads or writes it (released once the kernel files are
+# copied into the scratch dir).
+exec 9>"$CACHE/.lock"
+flock 9
 
 DEBS=()
 for pkg in "${KPKGS[@]}"; do
@@ -258,6 +269,8 @@ if [ ! -f "$KCACHE/.complete" ]; then
 fi
 KTREE=$WORK/modules-$KVER
 cp -R "$KCACHE/modules" "$KTREE"
+cp "$KCACHE/vmlinuz" "$WORK/vmlinuz"
+exec 9>&-
 
 # --- 3. The initramfs ---------------------------------------------------------
 
@@ -282,7 +295,7 @@ TOP=$WORK/rpmbuild
 mkdir -p "$TOP/SOURCES" "$TOP/tmp" "$WORK/home"
 cp "$BUSYBOX" "$TOP/SOURCES/busybox"
 cp -R "$KTREE" "$TOP/SOURCES/modules-$KVER"
-install -m 0644 "$KCACHE/vmlinuz" "$TOP/SOURCES/modules-$KVER/vmlinuz"
+install -m 0644 "$WORK/vmlinuz" "$TOP/SOURCES/modules-$KVER/vmlinuz"
 install -m 0644 "$WORK/initramfs.img" "$TOP/SOURCES/modules-$KVER/initramfs.img"
 find "$TOP/SOURCES" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 

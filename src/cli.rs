@@ -99,3 +99,15 @@ pub fn report_error(e: &anyhow::Error) {
     }
     eprintln!("error: {msg}");
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command line's definition only when it is used: check them all here.
+    #[test]
+    fn command_lines_are_well_formed() {
+        crate::changed::Args::command().debug_assert();
+        crate::compose::Args::command().debug_assert();
+    }
+}

@@ -11,7 +11,8 @@ use anyhow::{Context, Result, bail};
 /// How much of a failed command's stderr goes into the error.
 const STDERR_TAIL: usize = 2048;
 
-fn describe(cmd: &Command) -> String {
+/// The command line, for logs and errors.
+pub fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
         s.push(' ');
@@ -20,7 +21,8 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn tail(bytes: &[u8]) -> String {
+/// The last part of a tool's stderr, on one line.
+pub fn tail(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
     let s = s.trim();
     let start = s.len().saturating_sub(STDERR_TAIL);

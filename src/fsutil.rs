@@ -111,6 +111,15 @@ pub fn remove_stale_tmp(dir: &Utf8Path) -> Result<()> {
     Ok(())
 }
 
+/// sha256 (hex) and size of a file, streamed.
+pub fn sha256_file(path: &Utf8Path) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h).with_context(|| format!("reading {path}"))?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@
 
 pub mod builds;
 pub mod changed;
+pub mod compose;
 pub mod ci;
 pub mod cli;
 pub mod cmd;
@@ -33,5 +34,6 @@ pub mod parse;
 pub mod prune;
 pub mod store;
 pub mod treefile;
+pub mod userns;
 pub mod version;
 pub mod workdir;

@@ -1,1 +1,3 @@
-//! Disk images (being written).
+//! Disk images from a build's OSTree commit: `cosa-image`.
+
+pub mod config;

@@ -1,0 +1,581 @@
+//! `cosa-compose`: a treefile and RPM-MD repositories become an OSTree commit, as a new
+//! build in the work directory, and only when an input changed (coreos-assembler's
+//! `cosa build`, rpm-ostree's `compose tree`).
+//!
+//! Steps: load the treefile and image config → fast-path change check (repomd.xml) →
+//! depsolve → input hash check → install with dnf into a scratch root → add/remove
+//! files, postprocess (isolated from host and network) → OSTree layout → commit into
+//! `tmp/repo` → stage `builds/<version>/<arch>/` (ostree tar, commitmeta.json,
+//! lockfile, meta.json) → under the work directory lock, move it into place, record it
+//! in builds.json, move `latest`, prune.
+
+mod commit;
+mod dnf;
+mod files;
+pub mod inputs;
+pub mod pkgs;
+mod repos;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use clap::Parser;
+use serde_json::{Map, Value, json};
+
+use crate::builds::rfc3339_now;
+use crate::ci::{self, Ci};
+use crate::cli::{GlobalArgs, Outcome};
+use crate::meta::{Artifact, Meta};
+use crate::names::{artifact_name, host_arch, validate_build_id};
+use crate::treefile::{self, BootLocation, Edition, Treefile};
+use crate::workdir::{Workdir, WorkdirLock};
+use pkgs::Package;
+
+/// Compose an OSTree commit from a treefile, as a new build.
+#[derive(Parser, Debug)]
+#[command(name = "cosa-compose", about, long_about = None, disable_version_flag = true)]
+pub struct Args {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The treefile (default: src/config/manifest.yaml in the work directory).
+    #[arg(long, value_name = "FILE")]
+    pub treefile: Option<Utf8PathBuf>,
+    /// Build even if no input changed.
+    #[arg(long, short)]
+    pub force: bool,
+    /// Resolve and print the package set; build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the flattened treefile (includes and variables resolved) and exit.
+    #[arg(long)]
+    pub print_only: bool,
+    /// The version (= build ID), instead of one from automatic-version-prefix.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// After composing, keep only the newest N builds (0 keeps all).
+    #[arg(long, default_value_t = crate::prune::DEFAULT_KEEP_LAST_N, value_name = "N")]
+    pub keep_last_n: usize,
+    /// Do not prune old builds.
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+/// What a compose did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Composed {
+    /// A new build.
+    Built { id: String, commit: String },
+    /// No input changed since this build (or there was none and nothing to do).
+    Unchanged { id: String },
+    /// `--dry-run`: the resolved package set.
+    DryRun(Vec<String>),
+}
+
+/// The OSTree ref for the treefile's `ref` must be a valid ostree ref.
+fn check_ref(r: &str) -> Result<()> {
+    let ok = !r.is_empty()
+        && r.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                && !seg.starts_with(['.', '-'])
+        });
+    if !ok {
+        bail!("treefile ref {r:?} is not a valid OSTree ref");
+    }
+    Ok(())
+}
+
+/// The OS name: `metadata.name` of the treefile, else the first component of its ref.
+fn os_name(tf: &Treefile) -> String {
+    match tf.metadata.get("name").and_then(Value::as_str) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => tf.ostree_ref.split('/').next().unwrap_or("os").to_string(),
+    }
+}
+
+/// Git state of the config, as coreos-assembler records it (`config-gitrev`, `config-dirty`).
+fn config_git(dir: &Utf8Path) -> Option<(String, bool)> {
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir.as_str())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let rev = git(&["rev-parse", "HEAD"])?;
+    let dirty = !git(&["status", "--porcelain", "--", "."])?.is_empty();
+    Some((rev, dirty))
+}
+
+/// Read the previous build's commitmeta.json (for the fast path and the package diff).
+fn read_commitmeta(wd: &Workdir, id: &str, arch: &str) -> Result<Option<Map<String, Value>>> {
+    let p = wd.build_arch_dir(id, arch)?.join("commitmeta.json");
+    if !p.exists() {
+        return Ok(None);
+    }
+    Ok(Some(crate::parse::read_json(&p)?))
+}
+
+/// The package list recorded in a commitmeta.json.
+fn packages_of(cm: &Map<String, Value>) -> Vec<Package> {
+    cm.get("rpmostree.rpmdb.pkglist")
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let r = r.as_array()?;
+                    Some(Package {
+                        name: r.first()?.as_str()?.into(),
+                        epoch: r.get(1)?.as_u64()?,
+                        version: r.get(2)?.as_str()?.into(),
+                        release: r.get(3)?.as_str()?.into(),
+                        arch: r.get(4)?.as_str()?.into(),
+                        repo: String::new(),
+                        checksum: String::new(),
+                        size: 0,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Version locks from `manifest-lock.<arch>.json` beside the treefile, and its bytes.
+fn read_lockfile(
+    dir: &Utf8Path,
+    arch: &str,
+) -> Result<(BTreeMap<String, dnf::Lock>, Option<Vec<u8>>)> {
+    let p = dir.join(format!("manifest-lock.{arch}.json"));
+    if !p.exists() {
+        return Ok((BTreeMap::new(), None));
+    }
+    let bytes = crate::parse::read_limited(&p, crate::parse::MAX_JSON_BYTES)?;
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        evra: Option<String>,
+        evr: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LockFile {
+        #[serde(default)]
+        packages: BTreeMap<String, Entry>,
+    }
+    let lf: LockFile = crate::parse::json_from_slice(&bytes, p.as_str())?;
+    let mut out = BTreeMap::new();
+    for (name, e) in lf.packages {
+        let lock = match (e.evra, e.evr) {
+            (Some(evra), _) => match evra.rsplit_once('.') {
+                Some((evr, arch)) => dnf::Lock {
+                    evr: evr.to_string(),
+                    arch: Some(arch.to_string()),
+                },
+                None => bail!("{p}: {name}: evra {evra:?} has no arch"),
+            },
+            (None, Some(evr)) => dnf::Lock { evr, arch: None },
+            (None, None) => bail!("{p}: {name}: needs evra or evr"),
+        };
+        out.insert(name, lock);
+    }
+    Ok((out, Some(bytes)))
+}
+
+/// Compose; the work directory lock is held throughout, so two composes in one work
+/// directory run one after the other.
+pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
+    let ci = Ci::detect();
+    let arch = host_arch();
+    let config = wd.config_dir();
+    let tf_path = args
+        .treefile
+        .clone()
+        .unwrap_or_else(|| config.join("manifest.yaml"));
+    let tf = treefile::load(&tf_path, arch)?;
+    check_ref(&tf.ostree_ref)?;
+    if args.print_only {
+        println!("{}", tf.to_json_pretty());
+        return Ok(Composed::DryRun(Vec::new()));
+    }
+    let tf_dir = tf_path
+        .parent()
+        .map(Utf8Path::to_owned)
+        .unwrap_or_else(|| config.clone());
+    let image_yaml = tf_dir.join("image.yaml");
+    let image_json = if image_yaml.exists() {
+        Some(serde_json::to_vec(&crate::image::config::load(
+            &image_yaml,
+        )?)?)
+    } else {
+        None
+    };
+    let (locks, lock_bytes) = read_lockfile(&tf_dir, arch)?;
+    let releasever = tf
+        .releasever
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let repos = repos::select(repos::load_dir(&tf_dir)?, tf.repos.as_deref(), &tf_dir)?;
+
+    let lock = wd.lock()?;
+    crate::fsutil::remove_stale_tmp(&wd.builds_dir())?;
+    crate::fsutil::remove_stale_tmp(&wd.tmp_dir())?;
+    let builds = wd.read_builds()?;
+    let prev_id = builds
+        .builds
+        .iter()
+        .find(|b| b.arches.iter().any(|a| a == arch))
+        .map(|b| b.id.clone());
+    let prev_meta = prev_id
+        .as_deref()
+        .map(|id| wd.read_meta(id, arch))
+        .transpose()?;
+    let prev_cm = match &prev_id {
+        Some(id) => read_commitmeta(wd, id, arch)?,
+        None => None,
+    };
+
+    // Fast path: config + repomd.xml checksums equal the previous build's.
+    let config_sum = inputs::config_checksum(
+        &tf.checksum()?,
+        image_json.as_deref(),
+        lock_bytes.as_deref(),
+    );
+    ci::group_start(ci, "cosa-fetch-metadata", "Checking repository metadata");
+    let repomd = repos::repomd_state(&repos, &releasever, arch)?;
+    ci::group_end(ci, "cosa-fetch-metadata");
+    let state = repomd.as_ref().map(|r| inputs::fast_state(&config_sum, r));
+    if let (false, false, Some(s), Some(cm), Some(id)) =
+        (args.force, args.dry_run, &state, &prev_cm, &prev_id)
+    {
+        if cm.get(inputs::STATE_KEY).and_then(Value::as_str) == Some(s.as_str()) {
+            return Ok(Composed::Unchanged { id: id.clone() });
+        }
+    }
+
+    let scratch_td = tempfile::Builder::new()
+        .prefix(&format!("{}compose.", crate::fsutil::TMP_PREFIX))
+        .tempdir_in(wd.tmp_dir())
+        .with_context(|| format!("creating a scratch directory in {}", wd.tmp_dir()))?;
+    let scratch = Utf8PathBuf::from_path_buf(scratch_td.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+    let reposdir = scratch.join("repos.d");
+    repos::write_reposdir(&reposdir, &repos)?;
+    let root = scratch.join("root");
+    let cachedir = wd.cache_dir().join("dnf");
+    let packages = tf.packages();
+    let repo_packages: Vec<Value> = tf
+        .repo_packages
+        .iter()
+        .map(|rp| json!({"repo": rp.repo, "packages": rp.packages}))
+        .collect();
+    let mut req = dnf::Request {
+        mode: "resolve",
+        installroot: root.as_str(),
+        reposdir: reposdir.as_str(),
+        cachedir: cachedir.as_str(),
+        releasever: &releasever,
+        basearch: arch,
+        packages: &packages,
+        exclude: &tf.exclude_packages,
+        repo_packages,
+        recommends: tf.recommends_enabled(),
+        documentation: tf.documentation_enabled(),
+        locked: locks,
+        dbpath: dnf::RPMDB,
+    };
+    ci::group_start(ci, "cosa-resolve", "Resolving packages");
+    let resolved = dnf::run(&req, &scratch)?;
+    ci::group_end(ci, "cosa-resolve");
+    if args.dry_run {
+        return Ok(Composed::DryRun(
+            resolved
+                .iter()
+                .map(|p| format!("{} ({})", p.nevra(), p.repo))
+                .collect(),
+        ));
+    }
+    let inputhash = inputs::inputhash(&config_sum, &resolved);
+    if let (false, Some(pm)) = (args.force, &prev_meta) {
+        if pm.inputhash.as_deref() == Some(inputhash.as_str()) {
+            return Ok(Composed::Unchanged {
+                id: pm.buildid.clone(),
+            });
+        }
+    }
+
+    let now = chrono::Utc::now();
+    let version = match &args.version {
+        Some(v) => v.clone(),
+        None => {
+            let Some(prefix) = &tf.automatic_version_prefix else {
+                bail!("{tf_path}: no automatic-version-prefix; add one or pass --version");
+            };
+            let suffix = tf.automatic_version_suffix.as_deref();
+            crate::version::next_version(
+                prefix,
+                suffix,
+                prev_meta.as_ref().map(|m| m.ostree_version.as_str()),
+                now,
+            )?
+        }
+    };
+    validate_build_id(&version)?;
+    if builds.has(&version, arch) {
+        tracing::info!("build {version} already exists for {arch}");
+        return Ok(Composed::Unchanged { id: version });
+    }
+
+    ci::group_start(
+        ci,
+        "cosa-install",
+        &format!("Installing {} packages", resolved.len()),
+    );
+    req.mode = "install";
+    let installed = dnf::run(&req, &scratch)?;
+    ci::group_end(ci, "cosa-install");
+
+    ci::group_start(ci, "cosa-postprocess", "Postprocessing the tree");
+    files::apply(&root, &tf)?;
+    let name = os_name(&tf);
+    files::write_into_tree(
+        &root,
+        "usr/share/rpm-ostree/treefile.json",
+        tf.to_json_pretty().as_bytes(),
+    )?;
+    if let Some(ij) = &image_json {
+        files::write_into_tree(&root, "usr/share/coreos-assembler/image.json", ij)?;
+    }
+    let opts = tree::TreeOptions {
+        boot_location_new: tf.boot_location_or_default() == BootLocation::New,
+        tmp_is_dir: tf.edition_or_default() == Edition::E2024,
+        machineid_compat: tf.machineid_compat_enabled(),
+        units: &tf.units,
+        default_target: tf.default_target.as_deref(),
+        mutate_os_release: tf.mutate_os_release.as_deref(),
+        version: &version,
+        initramfs_args: &tf.initramfs_args,
+    };
+    let kver = tree::ostreeify(&root, &opts)?;
+    ci::group_end(ci, "cosa-postprocess");
+
+    // Commit metadata: what rpm-ostree records, plus our fast-path state.
+    let timestamp = now.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let mut md = Map::new();
+    for (k, v) in &tf.add_commit_metadata {
+        md.insert(k.clone(), v.clone());
+    }
+    md.insert("version".into(), json!(version));
+    md.insert("rpmostree.inputhash".into(), json!(inputhash));
+    md.insert("ostree.bootable".into(), json!(true));
+    md.insert("ostree.linux".into(), json!(kver));
+    md.insert(
+        "rpmostree.rpmdb.pkglist".into(),
+        Value::Array(
+            installed
+                .iter()
+                .map(|p| json!([p.name, p.epoch, p.version, p.release, p.arch]))
+                .collect(),
+        ),
+    );
+    if let Some(s) = &state {
+        md.insert(inputs::STATE_KEY.into(), json!(s));
+    }
+    let git = config_git(&tf_dir);
+    if let Some((rev, _)) = &git {
+        md.insert("coreos-assembler.config-gitrev".into(), json!(rev));
+    }
+    ci::group_start(ci, "cosa-commit", "Committing");
+    let repo = wd.repo_dir();
+    commit::ensure_repo(&repo)?;
+    let selinux = tf.selinux_enabled() && root.join("usr/etc/selinux/config").exists();
+    let checksum = commit::commit(&commit::Commit {
+        repo: &repo,
+        tree: &root,
+        branch: &tf.ostree_ref,
+        subject: format!("{name} {version}"),
+        timestamp: &timestamp,
+        metadata: &md,
+        selinux,
+    })?;
+    commit::set_ref(&repo, &crate::prune::build_ref(&version, arch), &checksum)?;
+    let content = commit::content_checksum(&repo, &checksum)?;
+    ci::group_end(ci, "cosa-commit");
+
+    // Stage the build directory next to its final place, then move it in.
+    let stage_td = tempfile::Builder::new()
+        .prefix(&format!("{}build.", crate::fsutil::TMP_PREFIX))
+        .tempdir_in(wd.builds_dir())
+        .with_context(|| format!("creating a staging directory in {}", wd.builds_dir()))?;
+    let stage = Utf8PathBuf::from_path_buf(stage_td.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+    let tar_name = artifact_name(&name, &version, "ostree", arch, "tar");
+    ci::group_start(ci, "cosa-export", "Exporting the OSTree commit");
+    commit::export_tar(
+        &repo,
+        &tf.ostree_ref,
+        &checksum,
+        &scratch,
+        &stage.join(&tar_name),
+    )?;
+    ci::group_end(ci, "cosa-export");
+    let (sha, size) = crate::fsutil::sha256_file(&stage.join(&tar_name))?;
+    crate::fsutil::write_json(&stage.join("commitmeta.json"), &md)?;
+    crate::fsutil::write_json(
+        &stage.join(format!("manifest-lock.generated.{arch}.json")),
+        &generated_lockfile(&installed, &repos, &timestamp),
+    )?;
+    let mut extra = Map::new();
+    if let Some(s) = tf
+        .metadata
+        .get("summary")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        extra.insert("summary".into(), json!(s));
+    }
+    if let Some((rev, dirty)) = &git {
+        extra.insert("coreos-assembler.config-gitrev".into(), json!(rev));
+        extra.insert(
+            "coreos-assembler.config-dirty".into(),
+            json!(dirty.to_string()),
+        );
+    }
+    if let (Some(pm), Some(cm)) = (&prev_meta, &prev_cm) {
+        extra.insert(
+            "pkgdiff".into(),
+            Value::Array(pkgs::pkgdiff(&packages_of(cm), &installed)),
+        );
+        extra.insert(
+            "fedora-coreos.parent-version".into(),
+            json!(pm.ostree_version),
+        );
+        extra.insert(
+            "fedora-coreos.parent-commit".into(),
+            json!(pm.ostree_commit),
+        );
+    }
+    let mut images = indexmap::IndexMap::new();
+    images.insert(
+        "ostree".to_string(),
+        Artifact {
+            path: tar_name,
+            sha256: sha,
+            size: Some(size),
+            uncompressed_sha256: None,
+            uncompressed_size: None,
+            skip_compression: None,
+            extra: Map::new(),
+        },
+    );
+    let meta = Meta {
+        buildid: version.clone(),
+        name,
+        ostree_commit: checksum.clone(),
+        ostree_version: version.clone(),
+        ostree_timestamp: timestamp.clone(),
+        ostree_ref: Some(tf.ostree_ref.clone()),
+        ostree_content_checksum: content,
+        inputhash: Some(inputhash),
+        basearch: Some(arch.to_string()),
+        build_timestamp: Some(rfc3339_now()),
+        images,
+        extra,
+    };
+    crate::fsutil::write_json(&stage.join("meta.json"), &meta)?;
+    publish(wd, &lock, stage_td, &version, arch)?;
+    drop(scratch_td);
+    if !args.no_prune && args.keep_last_n > 0 {
+        crate::prune::prune(wd, &lock, args.keep_last_n)?;
+    }
+    Ok(Composed::Built {
+        id: version,
+        commit: checksum,
+    })
+}
+
+/// rpm-ostree's lockfile format: every package's EVRA and digest.
+fn generated_lockfile(pkgs: &[Package], repos: &[repos::Repo], ts: &str) -> Value {
+    let mut packages = Map::new();
+    for p in pkgs {
+        packages.insert(
+            p.name.clone(),
+            json!({"evra": format!("{}.{}", p.evr(), p.arch), "digest": p.checksum}),
+        );
+    }
+    let rpmmd: Map<String, Value> = repos
+        .iter()
+        .map(|r| (r.id.clone(), json!({"generated": ts})))
+        .collect();
+    json!({"metadata": {"generated": ts, "rpmmd_repos": rpmmd}, "packages": packages})
+}
+
+/// Move a complete staged build into `builds/<id>/<arch>`, record it, move latest.
+fn publish(
+    wd: &Workdir,
+    lock: &WorkdirLock,
+    stage: tempfile::TempDir,
+    id: &str,
+    arch: &str,
+) -> Result<()> {
+    let mut builds = wd.read_builds()?;
+    let dest = wd.build_arch_dir(id, arch)?;
+    if dest.exists() {
+        if builds.has(id, arch) {
+            bail!("build {id} already exists for {arch}");
+        }
+        // Left by a compose that died between the move and builds.json: not a build.
+        tracing::warn!("removing {dest}: not recorded in builds.json (an interrupted compose)");
+        std::fs::remove_dir_all(&dest).with_context(|| format!("removing {dest}"))?;
+    }
+    let parent = wd.build_dir(id)?;
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {parent}"))?;
+    let staged = stage.keep();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .with_context(|| format!("setting permissions of {}", staged.display()))?;
+    std::fs::rename(&staged, &dest)
+        .with_context(|| format!("moving the staged build to {dest}"))?;
+    crate::fsutil::fsync_dir(&parent)?;
+    builds.insert(id, arch)?;
+    wd.write_builds(&builds, lock)?;
+    wd.set_latest(Some(id), lock)
+}
+
+impl crate::cli::Command for Args {
+    fn global(&self) -> &GlobalArgs {
+        &self.global
+    }
+
+    fn run(self) -> Result<Outcome> {
+        let wd = self.global.open_workdir()?;
+        let started = std::time::Instant::now();
+        match compose(&wd, &self)? {
+            Composed::Built { id, commit } => {
+                eprintln!(
+                    "Built {id} (commit {commit}) in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                println!("changed=true\nbuild={id}");
+                ci::github_output(&[("changed", "true".into()), ("build", id)])?;
+            }
+            Composed::Unchanged { id } => {
+                eprintln!("No changes since build {id}");
+                println!("changed=false\nbuild={id}");
+                ci::github_output(&[("changed", "false".into()), ("build", id)])?;
+            }
+            Composed::DryRun(pkgs) => {
+                for p in pkgs {
+                    println!("{p}");
+                }
+            }
+        }
+        Ok(Outcome::Success)
+    }
+}
