@@ -15,7 +15,8 @@ pub struct TestWorkdir {
 }
 
 pub fn utf8(p: &std::path::Path) -> Result<Utf8PathBuf> {
-    Utf8PathBuf::from_path_buf(p.to_path_buf()).map_err(|p| anyhow::anyhow!("non-UTF-8 {}", p.display()))
+    Utf8PathBuf::from_path_buf(p.to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 {}", p.display()))
 }
 
 impl TestWorkdir {
@@ -75,10 +76,17 @@ pub fn file_store(dir: &Utf8Path, builds: &[(&str, &str)]) -> Result<()> {
 pub fn bin(name: &str) -> Command {
     let path = match name {
         "cosa-changed" => env!("CARGO_BIN_EXE_cosa-changed"),
+        "cosa-compose" => env!("CARGO_BIN_EXE_cosa-compose"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);
-    for k in ["GITHUB_ACTIONS", "GITHUB_OUTPUT", "GITLAB_CI", "COSA_WORKDIR", "RUST_LOG"] {
+    for k in [
+        "GITHUB_ACTIONS",
+        "GITHUB_OUTPUT",
+        "GITLAB_CI",
+        "COSA_WORKDIR",
+        "RUST_LOG",
+    ] {
         c.env_remove(k);
     }
     c
@@ -91,7 +99,11 @@ pub struct Run {
 }
 
 pub fn run(cmd: &mut Command) -> Result<Run> {
-    let Output { status, stdout, stderr } = cmd.output().context("running binary")?;
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().context("running binary")?;
     Ok(Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8(stdout)?,
@@ -102,8 +114,17 @@ pub fn run(cmd: &mut Command) -> Result<Run> {
 impl Run {
     /// The one `error:` line a failing binary must print.
     pub fn error_line(&self) -> String {
-        let lines: Vec<_> = self.stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(lines.len(), 1, "expected one error line, stderr:\n{}", self.stderr);
+        let lines: Vec<_> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, stderr:\n{}",
+            self.stderr
+        );
         lines[0].to_string()
     }
 }

@@ -3,4 +3,7 @@
 
 mod changed;
 mod common;
+mod compose;
+mod example;
+mod http;
 mod schema;
