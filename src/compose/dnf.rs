@@ -28,6 +28,7 @@ pub struct Request<'a> {
     pub installroot: &'a str,
     pub reposdir: &'a str,
     pub cachedir: &'a str,
+    pub logdir: &'a str,
     pub releasever: &'a str,
     pub basearch: &'a str,
     pub packages: &'a [String],

@@ -8,6 +8,7 @@
 #   "repo_packages": [{"repo", "packages": [...]}], "recommends": bool,
 #   "documentation": bool, "locked": {"name": {"evr", "arch"?}}, "dbpath": "/usr/lib/sysimage/rpm"}
 import json
+import os
 import sys
 
 import dnf
@@ -31,6 +32,11 @@ def main():
     conf = base.conf
     conf.installroot = req["installroot"]
     conf.cachedir = req["cachedir"]
+    # dnf's own logs go to our scratch dir, never the host's /var/log.
+    os.makedirs(req["logdir"], exist_ok=True)
+    conf.logdir = req["logdir"]
+    # Likewise its history database (the tree's /var is dropped anyway).
+    conf.persistdir = os.path.join(req["logdir"], "persist")
     conf.reposdir = [req["reposdir"]]
     conf.config_file_path = "/dev/null"
     conf.substitutions["releasever"] = req["releasever"]
@@ -103,4 +109,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit:
+        raise
+    except Exception as e:  # one line for the caller, never a traceback
+        fail("%s: %s" % (type(e).__name__, e))

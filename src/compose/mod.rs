@@ -149,11 +149,11 @@ fn packages_of(cm: &Map<String, Value>) -> Vec<Package> {
         .unwrap_or_default()
 }
 
+/// Package name -> version lock.
+type Locks = BTreeMap<String, dnf::Lock>;
+
 /// Version locks from `manifest-lock.<arch>.json` beside the treefile, and its bytes.
-fn read_lockfile(
-    dir: &Utf8Path,
-    arch: &str,
-) -> Result<(BTreeMap<String, dnf::Lock>, Option<Vec<u8>>)> {
+fn read_lockfile(dir: &Utf8Path, arch: &str) -> Result<(Locks, Option<Vec<u8>>)> {
     let p = dir.join(format!("manifest-lock.{arch}.json"));
     if !p.exists() {
         return Ok((BTreeMap::new(), None));
@@ -254,10 +254,9 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
     let state = repomd.as_ref().map(|r| inputs::fast_state(&config_sum, r));
     if let (false, false, Some(s), Some(cm), Some(id)) =
         (args.force, args.dry_run, &state, &prev_cm, &prev_id)
+        && cm.get(inputs::STATE_KEY).and_then(Value::as_str) == Some(s.as_str())
     {
-        if cm.get(inputs::STATE_KEY).and_then(Value::as_str) == Some(s.as_str()) {
-            return Ok(Composed::Unchanged { id: id.clone() });
-        }
+        return Ok(Composed::Unchanged { id: id.clone() });
     }
 
     let scratch_td = tempfile::Builder::new()
@@ -270,6 +269,7 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
     repos::write_reposdir(&reposdir, &repos)?;
     let root = scratch.join("root");
     let cachedir = wd.cache_dir().join("dnf");
+    let logdir = scratch.join("log");
     let packages = tf.packages();
     let repo_packages: Vec<Value> = tf
         .repo_packages
@@ -281,6 +281,7 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         installroot: root.as_str(),
         reposdir: reposdir.as_str(),
         cachedir: cachedir.as_str(),
+        logdir: logdir.as_str(),
         releasever: &releasever,
         basearch: arch,
         packages: &packages,
@@ -303,12 +304,12 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         ));
     }
     let inputhash = inputs::inputhash(&config_sum, &resolved);
-    if let (false, Some(pm)) = (args.force, &prev_meta) {
-        if pm.inputhash.as_deref() == Some(inputhash.as_str()) {
-            return Ok(Composed::Unchanged {
-                id: pm.buildid.clone(),
-            });
-        }
+    if let (false, Some(pm)) = (args.force, &prev_meta)
+        && pm.inputhash.as_deref() == Some(inputhash.as_str())
+    {
+        return Ok(Composed::Unchanged {
+            id: pm.buildid.clone(),
+        });
     }
 
     let now = chrono::Utc::now();

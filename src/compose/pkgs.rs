@@ -93,8 +93,7 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
         }
         let numeric = a[0].is_ascii_digit();
         let take = |s: &[u8]| {
-            let n = s
-                .iter()
+            s.iter()
                 .take_while(|c| {
                     if numeric {
                         c.is_ascii_digit()
@@ -102,8 +101,7 @@ pub fn rpmvercmp(a: &str, b: &str) -> Ordering {
                         c.is_ascii_alphabetic()
                     }
                 })
-                .count();
-            n
+                .count()
         };
         let (na, nb) = (take(a), take(b));
         if nb == 0 {

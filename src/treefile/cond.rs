@@ -61,19 +61,22 @@ impl Condition {
             return bad("expected `<variable> <op> <value>`");
         }
         let rest = rest.trim_start();
-        let Some((spelling, op)) = OPS.iter().find(|(o, _)| rest.starts_with(o)) else {
+        let Some((value, op)) =
+            (OPS.iter()).find_map(|(o, op)| rest.strip_prefix(o).map(|v| (v, *op)))
+        else {
             return bad("expected one of the operators == != < <= > >=");
         };
-        let value = rest[spelling.len()..].trim();
-        let value = match value {
-            "true" => VarValue::Bool(true),
-            "false" => VarValue::Bool(false),
-            v if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => match v.parse() {
-                Ok(n) => VarValue::Number(n),
-                Err(_) => return bad("number out of range"),
-            },
-            v if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => {
-                VarValue::String(v[1..v.len() - 1].to_string())
+        let value = value.trim();
+        let quoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+        let value = match (value, quoted) {
+            ("true", _) => VarValue::Bool(true),
+            ("false", _) => VarValue::Bool(false),
+            (_, Some(inner)) => VarValue::String(inner.to_string()),
+            (v, None) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                match v.parse() {
+                    Ok(n) => VarValue::Number(n),
+                    Err(_) => return bad("number out of range"),
+                }
             }
             _ => {
                 return bad(
@@ -83,7 +86,7 @@ impl Condition {
         };
         Ok(Condition {
             var: var.to_string(),
-            op: *op,
+            op,
             value,
             text: text.to_string(),
         })

@@ -119,17 +119,7 @@ impl<'a> Loader<'a> {
         depth: u32,
         inline: bool,
     ) -> Result<Treefile> {
-        if let Some((key, pos)) = raw.unknown.first() {
-            return Err(error_at(file, *pos, unknown_key_message(key)));
-        }
-        if inline && let Some(key) = NOT_INLINE.iter().find(|k| raw.has(k)) {
-            return Err(error_at(
-                file,
-                raw.pos(key),
-                format!("`{key}` cannot be used in an inline conditional-include treefile"),
-            ));
-        }
-        check_values(&raw, file)?;
+        check_document(&raw, file, inline)?;
         let RawTreefile {
             mut body,
             include,
@@ -193,11 +183,12 @@ impl<'a> Loader<'a> {
                 })?;
                 all &= ok;
             }
-            if all {
-                match ci.include {
-                    IncludeSpec::Files(v) => cond_files.extend(v),
-                    IncludeSpec::Inline(raw) => inlines.push(*raw),
-                }
+            match ci.include {
+                IncludeSpec::Files(v) if all => cond_files.extend(v),
+                IncludeSpec::Inline(raw) if all => inlines.push(*raw),
+                // Checked even when not used: it is part of this file.
+                IncludeSpec::Inline(raw) => check_document(&raw, file, true)?,
+                IncludeSpec::Files(_) => {}
             }
         }
 
@@ -268,7 +259,23 @@ fn split_all(entries: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Checks on one file's values that need nothing else.
+/// Refuse unknown keys (and, in an inline treefile, keys that reference files), then
+/// check the values.
+fn check_document(raw: &RawTreefile, file: &Utf8Path, inline: bool) -> Result<()> {
+    if let Some((key, pos)) = raw.unknown.first() {
+        return Err(error_at(file, *pos, unknown_key_message(key)));
+    }
+    if inline && let Some(key) = NOT_INLINE.iter().find(|k| raw.has(k)) {
+        return Err(error_at(
+            file,
+            raw.pos(key),
+            format!("`{key}` cannot be used in an inline conditional-include treefile"),
+        ));
+    }
+    check_values(raw, file)
+}
+
+/// Checks on one document's values that need nothing else.
 fn check_values(raw: &RawTreefile, file: &Utf8Path) -> Result<()> {
     let b = &raw.body;
     let bad = |key: &str, msg: String| Err(error_at(file, raw.pos(key), format!("{key}: {msg}")));

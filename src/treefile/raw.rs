@@ -220,7 +220,7 @@ impl<'de> Visitor<'de> for TreefileVisitor {
                 "metadata" => b.metadata = m.next_value::<Option<_>>()?.unwrap_or_default(),
                 k if k.len() > "packages-".len() && k.starts_with("packages-") => {
                     let v: Option<Vec<String>> = m.next_value()?;
-                    let arch = k["packages-".len()..].to_string();
+                    let arch = k.strip_prefix("packages-").unwrap_or_default().to_string();
                     r.arch_packages.insert(arch, v.unwrap_or_default());
                 }
                 k if self.json && k.starts_with("comment") => {

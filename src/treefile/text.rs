@@ -6,18 +6,17 @@
 pub(crate) fn split_packages(entry: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut rest = entry;
-    while let Some(open) = rest.find('\'') {
-        out.extend(rest[..open].split_whitespace().map(str::to_string));
-        let quoted = &rest[open + 1..];
-        let Some(close) = quoted.find('\'') else {
+    while let Some((before, after)) = rest.split_once('\'') {
+        out.extend(before.split_whitespace().map(str::to_string));
+        let Some((quoted, tail)) = after.split_once('\'') else {
             return Err(format!("package entry {entry:?}: missing closing quote"));
         };
-        let query = quoted[..close].trim();
+        let query = quoted.trim();
         if query.is_empty() {
             return Err(format!("package entry {entry:?}: empty quoted package"));
         }
         out.push(query.to_string());
-        rest = &quoted[close + 1..];
+        rest = tail;
     }
     out.extend(rest.split_whitespace().map(str::to_string));
     Ok(out)
@@ -31,18 +30,16 @@ pub(crate) fn substitute(
 ) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
+    while let Some((before, after)) = rest.split_once("${") {
+        out.push_str(before);
+        let Some((name, tail)) = after.split_once('}') else {
             return Err(format!("unterminated `${{` in {s:?}"));
         };
-        let name = &after[..end];
         match lookup(name) {
             Some(v) => out.push_str(&v),
             None => return Err(format!("unknown variable `${{{name}}}` in {s:?}")),
         }
-        rest = &after[end + 1..];
+        rest = tail;
     }
     out.push_str(rest);
     Ok(out)

@@ -65,11 +65,35 @@ pub enum BootLocation {
 }
 
 /// `releasever`: a string or a non-negative integer, kept as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum ReleaseVer {
     Number(u64),
     String(String),
+}
+
+impl<'de> Deserialize<'de> for ReleaseVer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ReleaseVer;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a non-negative integer")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ReleaseVer, E> {
+                Ok(ReleaseVer::Number(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ReleaseVer, E> {
+                u64::try_from(n)
+                    .map(ReleaseVer::Number)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ReleaseVer, E> {
+                Ok(ReleaseVer::String(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl fmt::Display for ReleaseVer {

@@ -1,4 +1,11 @@
 //! Loading tests: fixture trees written into temporary directories.
+//!
+//! This file: the fixture helper, keys, formats and error reporting; `includes`:
+//! include resolution, conditions, variables, merge order; `content`: substitution,
+//! packages, referenced files, validation, checksums.
+
+mod content;
+mod includes;
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -7,60 +14,60 @@ use indoc::indoc;
 
 use super::*;
 
-const ARCH: &str = "x86_64";
+pub(super) const ARCH: &str = "x86_64";
 
-const MINIMAL: &str = indoc! {"
+pub(super) const MINIMAL: &str = indoc! {"
     ref: fedora/x86_64/coreos
     packages:
       - kernel
 "};
 
 /// A temporary directory of treefiles.
-struct Fx {
+pub(super) struct Fx {
     _dir: tempfile::TempDir,
-    root: Utf8PathBuf,
+    pub(super) root: Utf8PathBuf,
 }
 
 impl Fx {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = Utf8PathBuf::from_path_buf(dir.path().to_path_buf()).unwrap();
         Fx { _dir: dir, root }
     }
 
-    fn write(&self, rel: &str, content: &str) -> Utf8PathBuf {
+    pub(super) fn write(&self, rel: &str, content: &str) -> Utf8PathBuf {
         let p = self.root.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, content).unwrap();
         p
     }
 
-    fn executable(&self, rel: &str, content: &str) -> Utf8PathBuf {
+    pub(super) fn executable(&self, rel: &str, content: &str) -> Utf8PathBuf {
         let p = self.write(rel, content);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }
 
-    fn load(&self, rel: &str) -> Treefile {
+    pub(super) fn load(&self, rel: &str) -> Treefile {
         match load(&self.root.join(rel), ARCH) {
             Ok(t) => t,
             Err(e) => panic!("loading {rel}: {e:#}"),
         }
     }
 
-    fn err(&self, rel: &str) -> String {
+    pub(super) fn err(&self, rel: &str) -> String {
         match load(&self.root.join(rel), ARCH) {
             Ok(t) => panic!("loading {rel} succeeded: {}", t.to_json_pretty()),
             Err(e) => format!("{e:#}"),
         }
     }
 
-    fn path(&self, rel: &str) -> String {
+    pub(super) fn path(&self, rel: &str) -> String {
         self.root.join(rel).to_string()
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(super) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
@@ -282,5 +289,38 @@ fn wrong_types_are_located() {
         let e = fx.err("m.yaml");
         assert!(e.starts_with(&format!("{file}:{line}:")), "{body:?}: {e}");
         assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+/// The project's own example config (examples/config) loads.
+#[test]
+fn example_config_loads() {
+    let path = Utf8Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config/manifest.yaml");
+    let tf = load(&path, ARCH).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(tf.ostree_ref, "example-os/x86_64/stable");
+    assert!(tf.packages().contains(&"example-kernel".to_string()));
+}
+
+proptest::proptest! {
+    /// The string parsers and the document reader never panic, whatever the input.
+    #[test]
+    fn arbitrary_input_does_not_panic(s in "\\PC{0,64}", doc in "[a-z{}\\[\\]:, '\"\\n$-]{0,80}") {
+        let _ = text::split_packages(&s);
+        let _ = text::substitute(&s, &|n: &str| (n == "a").then(|| "x".to_string()));
+        if let Ok(c) = cond::Condition::parse(&s) {
+            let _ = c.evaluate(|_| Some(VarValue::Number(1)));
+        }
+        let _ = crate::parse::yaml_from_str::<raw::RawDoc<false>>(&doc, "p.yaml");
+        let _ = crate::parse::json_from_slice::<raw::RawDoc<true>>(doc.as_bytes(), "p.json");
+    }
+
+    /// Splitting never yields an empty or white-space-padded package.
+    #[test]
+    fn split_packages_yields_trimmed_names(s in "[a-z '>=.0-9\\t]{0,40}") {
+        if let Ok(v) = text::split_packages(&s) {
+            for p in v {
+                proptest::prop_assert!(!p.is_empty() && p.trim() == p, "{p:?} from {s:?}");
+            }
+        }
     }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Run the whole cosa pipeline on the bundled example OS:
+#   host setup -> build the example RPM repo -> work directory -> cosa-compose
+#   -> cosa-changed -> cosa-image (qemu disk) -> boot it under QEMU.
+# Usage: tools/example.sh [WORKDIR]   (default: ./example-workdir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+wd=${1:-$top/example-workdir}
+case "$wd" in /*) ;; *) wd=$top/$wd ;; esac
+
+bash tools/setup.sh
+echo "==> building cosa (release)"
+cargo build --release --locked --quiet
+bin=$top/target/release
+
+echo "==> building the example OS repository"
+examples/build-repo.sh "$wd.repo"
+examples/init-workdir.sh --git "$wd" "file://$wd.repo"
+
+before=$(readlink "$wd/builds/latest" 2>/dev/null || echo none)
+echo "==> cosa-compose"
+"$bin/cosa-compose" --workdir "$wd"
+echo "==> cosa-compose again (nothing changed: a no-op)"
+"$bin/cosa-compose" --workdir "$wd"
+echo "==> cosa-changed"
+"$bin/cosa-changed" --workdir "$wd" --since "$before"
+
+if [ -x "$bin/cosa-image" ]; then
+  echo "==> cosa-image (qemu)"
+  "$bin/cosa-image" --workdir "$wd" --platform qemu
+  echo "==> booting the qemu image (TCG): look for the COSA-EXAMPLE-OS-BOOTED line"
+  timeout 300 "$bin/cosa-image" --workdir "$wd" run
+fi
+echo "==> done: $wd/builds"
+ls -l "$wd/builds/latest/"*/
