@@ -292,24 +292,29 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         locked: locks,
         dbpath: dnf::RPMDB,
     };
-    ci::group_start(ci, "cosa-resolve", "Resolving packages");
-    let resolved = dnf::run(&req, &scratch)?;
-    ci::group_end(ci, "cosa-resolve");
-    if args.dry_run {
-        return Ok(Composed::DryRun(
-            resolved
-                .iter()
-                .map(|p| format!("{} ({})", p.nevra(), p.repo))
-                .collect(),
-        ));
-    }
-    let inputhash = inputs::inputhash(&config_sum, &resolved);
-    if let (false, Some(pm)) = (args.force, &prev_meta)
-        && pm.inputhash.as_deref() == Some(inputhash.as_str())
-    {
-        return Ok(Composed::Unchanged {
-            id: pm.buildid.clone(),
-        });
+    // A separate depsolve is needed only to decide (or for --dry-run): with --force, or
+    // with no previous input hash, the install's own resolution is the package set.
+    let prev_hash = prev_meta.as_ref().and_then(|m| m.inputhash.clone());
+    let decide = !args.force && prev_hash.is_some();
+    if decide || args.dry_run {
+        ci::group_start(ci, "cosa-resolve", "Resolving packages");
+        let resolved = dnf::run(&req, &scratch)?;
+        ci::group_end(ci, "cosa-resolve");
+        if args.dry_run {
+            return Ok(Composed::DryRun(
+                resolved
+                    .iter()
+                    .map(|p| format!("{} ({})", p.nevra(), p.repo))
+                    .collect(),
+            ));
+        }
+        if let (true, Some(pm)) = (decide, &prev_meta)
+            && prev_hash.as_deref() == Some(inputs::inputhash(&config_sum, &resolved).as_str())
+        {
+            return Ok(Composed::Unchanged {
+                id: pm.buildid.clone(),
+            });
+        }
     }
 
     let now = chrono::Utc::now();
@@ -334,14 +339,11 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         return Ok(Composed::Unchanged { id: version });
     }
 
-    ci::group_start(
-        ci,
-        "cosa-install",
-        &format!("Installing {} packages", resolved.len()),
-    );
+    ci::group_start(ci, "cosa-install", "Installing packages");
     req.mode = "install";
     let installed = dnf::run(&req, &scratch)?;
     ci::group_end(ci, "cosa-install");
+    let inputhash = inputs::inputhash(&config_sum, &installed);
 
     ci::group_start(ci, "cosa-postprocess", "Postprocessing the tree");
     files::apply(&root, &tf)?;
