@@ -14,6 +14,7 @@ mod dnf;
 mod files;
 pub mod inputs;
 pub mod pkgs;
+mod record;
 mod repos;
 mod tree;
 
@@ -25,13 +26,11 @@ use camino::{Utf8Path, Utf8PathBuf};
 use clap::Parser;
 use serde_json::{Map, Value, json};
 
-use crate::builds::rfc3339_now;
 use crate::ci::{self, Ci};
 use crate::cli::{GlobalArgs, Outcome};
-use crate::meta::{Artifact, Meta};
-use crate::names::{artifact_name, host_arch, validate_build_id};
+use crate::names::{host_arch, validate_build_id};
 use crate::treefile::{self, BootLocation, Edition, Treefile};
-use crate::workdir::{Workdir, WorkdirLock};
+use crate::workdir::Workdir;
 use pkgs::Package;
 
 /// Compose an OSTree commit from a treefile, as a new build.
@@ -412,88 +411,41 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
     let content = commit::content_checksum(&repo, &checksum)?;
     ci::group_end(ci, "cosa-commit");
 
-    // Stage the build directory next to its final place, then move it in.
-    let stage_td = tempfile::Builder::new()
-        .prefix(&format!("{}build.", crate::fsutil::TMP_PREFIX))
-        .tempdir_in(wd.builds_dir())
-        .with_context(|| format!("creating a staging directory in {}", wd.builds_dir()))?;
-    let stage = Utf8PathBuf::from_path_buf(stage_td.path().to_path_buf())
-        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
-    let tar_name = artifact_name(&name, &version, "ostree", arch, "tar");
-    ci::group_start(ci, "cosa-export", "Exporting the OSTree commit");
-    commit::export_tar(
-        &repo,
-        &tf.ostree_ref,
-        &checksum,
-        &scratch,
-        &stage.join(&tar_name),
-    )?;
-    ci::group_end(ci, "cosa-export");
-    let (sha, size) = crate::fsutil::sha256_file(&stage.join(&tar_name))?;
-    crate::fsutil::write_json(&stage.join("commitmeta.json"), &md)?;
-    crate::fsutil::write_json(
-        &stage.join(format!("manifest-lock.generated.{arch}.json")),
-        &generated_lockfile(&installed, &repos, &timestamp),
-    )?;
-    let mut extra = Map::new();
-    if let Some(s) = tf
+    let summary = tf
         .metadata
         .get("summary")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-    {
-        extra.insert("summary".into(), json!(s));
-    }
-    if let Some((rev, dirty)) = &git {
-        extra.insert("coreos-assembler.config-gitrev".into(), json!(rev));
-        extra.insert(
-            "coreos-assembler.config-dirty".into(),
-            json!(dirty.to_string()),
-        );
-    }
-    if let (Some(pm), Some(cm)) = (&prev_meta, &prev_cm) {
-        extra.insert(
-            "pkgdiff".into(),
-            Value::Array(pkgs::pkgdiff(&packages_of(cm), &installed)),
-        );
-        extra.insert(
-            "fedora-coreos.parent-version".into(),
-            json!(pm.ostree_version),
-        );
-        extra.insert(
-            "fedora-coreos.parent-commit".into(),
-            json!(pm.ostree_commit),
-        );
-    }
-    let mut images = indexmap::IndexMap::new();
-    images.insert(
-        "ostree".to_string(),
-        Artifact {
-            path: tar_name,
-            sha256: sha,
-            size: Some(size),
-            uncompressed_sha256: None,
-            uncompressed_size: None,
-            skip_compression: None,
-            extra: Map::new(),
+        .map(str::to_string);
+    let pkgdiff = prev_cm
+        .as_ref()
+        .map(|cm| pkgs::pkgdiff(&packages_of(cm), &installed));
+    record::record(
+        wd,
+        &lock,
+        &scratch,
+        record::NewBuild {
+            name,
+            version: version.clone(),
+            arch,
+            ostree_ref: tf.ostree_ref.clone(),
+            commit: checksum.clone(),
+            content_checksum: content,
+            timestamp,
+            inputhash,
+            commitmeta: md,
+            lockfile: generated_lockfile(
+                &installed,
+                &repos,
+                &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            ),
+            pkgdiff,
+            parent: prev_meta.as_ref(),
+            summary,
+            git,
+            image_json: image_json.clone(),
         },
-    );
-    let meta = Meta {
-        buildid: version.clone(),
-        name,
-        ostree_commit: checksum.clone(),
-        ostree_version: version.clone(),
-        ostree_timestamp: timestamp.clone(),
-        ostree_ref: Some(tf.ostree_ref.clone()),
-        ostree_content_checksum: content,
-        inputhash: Some(inputhash),
-        basearch: Some(arch.to_string()),
-        build_timestamp: Some(rfc3339_now()),
-        images,
-        extra,
-    };
-    crate::fsutil::write_json(&stage.join("meta.json"), &meta)?;
-    publish(wd, &lock, stage_td, &version, arch)?;
+    )?;
     drop(scratch_td);
     if !args.no_prune && args.keep_last_n > 0 {
         crate::prune::prune(wd, &lock, args.keep_last_n)?;
@@ -518,37 +470,6 @@ fn generated_lockfile(pkgs: &[Package], repos: &[repos::Repo], ts: &str) -> Valu
         .map(|r| (r.id.clone(), json!({"generated": ts})))
         .collect();
     json!({"metadata": {"generated": ts, "rpmmd_repos": rpmmd}, "packages": packages})
-}
-
-/// Move a complete staged build into `builds/<id>/<arch>`, record it, move latest.
-fn publish(
-    wd: &Workdir,
-    lock: &WorkdirLock,
-    stage: tempfile::TempDir,
-    id: &str,
-    arch: &str,
-) -> Result<()> {
-    let mut builds = wd.read_builds()?;
-    let dest = wd.build_arch_dir(id, arch)?;
-    if dest.exists() {
-        if builds.has(id, arch) {
-            bail!("build {id} already exists for {arch}");
-        }
-        // Left by a compose that died between the move and builds.json: not a build.
-        tracing::warn!("removing {dest}: not recorded in builds.json (an interrupted compose)");
-        std::fs::remove_dir_all(&dest).with_context(|| format!("removing {dest}"))?;
-    }
-    let parent = wd.build_dir(id)?;
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {parent}"))?;
-    let staged = stage.keep();
-    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .with_context(|| format!("setting permissions of {}", staged.display()))?;
-    std::fs::rename(&staged, &dest)
-        .with_context(|| format!("moving the staged build to {dest}"))?;
-    crate::fsutil::fsync_dir(&parent)?;
-    builds.insert(id, arch)?;
-    wd.write_builds(&builds, lock)?;
-    wd.set_latest(Some(id), lock)
 }
 
 impl crate::cli::Command for Args {

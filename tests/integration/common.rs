@@ -128,3 +128,59 @@ impl Run {
         lines[0].to_string()
     }
 }
+
+/// The unprivileged user rootless tests run as, created when the tests run as root.
+/// `None` when not root (then the tests themselves already run unprivileged).
+pub fn unprivileged_user() -> Result<Option<&'static str>> {
+    const USER: &str = "cosa-test";
+    if !cosa::userns::is_root() {
+        return Ok(None);
+    }
+    let exists = Command::new("id").arg(USER).output()?.status.success();
+    if !exists {
+        let o = Command::new("useradd").args(["-m", USER]).output()?;
+        // Another test may have created it meanwhile.
+        let again = Command::new("id").arg(USER).output()?.status.success();
+        anyhow::ensure!(
+            o.status.success() || again,
+            "useradd: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(Some(USER))
+}
+
+/// A command that runs `program` as `user` (via runuser) or as is when `user` is None.
+pub fn as_user(user: Option<&str>, program: &str) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", program]);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A directory under /var/tmp owned by `user` (world-traversable), removed on drop.
+pub fn dir_for_user(user: Option<&str>) -> Result<tempfile::TempDir> {
+    let td = tempfile::Builder::new()
+        .prefix("cosa-test-")
+        .tempdir_in("/var/tmp")?;
+    std::fs::set_permissions(
+        td.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    if let Some(u) = user {
+        let o = Command::new("chown")
+            .arg(format!("{u}:"))
+            .arg(td.path())
+            .output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "chown: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(td)
+}

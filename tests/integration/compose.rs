@@ -354,3 +354,137 @@ fn bad_treefiles_give_one_line_and_no_build() -> Result<()> {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     Ok(())
 }
+
+#[test]
+fn rootless_compose() -> Result<()> {
+    let user = crate::common::unprivileged_user()?;
+    let td = crate::common::dir_for_user(user)?;
+    let root = crate::common::utf8(td.path())?;
+    let wd = root.join("wd");
+    let served = root.join("served");
+    example::publish(&example::repo(&[])?, &served)?;
+    let server = Server::start(served)?;
+    let o = crate::common::as_user(
+        user,
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/init-workdir.sh"),
+    )
+    .args([wd.as_str(), &server.url])
+    .output()?;
+    anyhow::ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = run(
+        crate::common::as_user(user, env!("CARGO_BIN_EXE_cosa-compose"))
+            .args(["--workdir", wd.as_str()]),
+    )?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("changed=true"), "{}", r.stdout);
+    // Files in the commit are root's, although an unprivileged user composed it.
+    let o = Command::new("ostree")
+        .args([
+            "ls",
+            "--repo",
+            wd.join("tmp/repo").as_str(),
+            "example-os/x86_64/stable",
+            "/usr/bin/busybox",
+        ])
+        .output()?;
+    let line = String::from_utf8(o.stdout)?;
+    assert!(line.contains(" 0 0 "), "{line}");
+    Ok(())
+}
+
+#[test]
+fn lockfile_pins_versions() -> Result<()> {
+    let f = Fixture::new()?;
+    // One repository holding example-hello 1.0-1 and 1.0-2.
+    let both = f.served.clone();
+    for rpm in std::fs::read_dir(example::repo(&["example-hello=2"])?.join("Packages"))? {
+        let rpm = rpm?.path();
+        let name = rpm
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        std::fs::copy(&rpm, both.join("Packages").join(name))?;
+    }
+    let o = Command::new("createrepo_c")
+        .args(["-q", "--update", both.as_str()])
+        .output()?;
+    anyhow::ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let hello = |f: &Fixture| -> Result<String> {
+        let id = f.t.wd.latest_id()?.context("latest")?;
+        let lock: Value = serde_json::from_slice(&std::fs::read(
+            f.t.wd
+                .build_arch_dir(&id, "x86_64")?
+                .join("manifest-lock.generated.x86_64.json"),
+        )?)?;
+        Ok(lock["packages"]["example-hello"]["evra"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
+    };
+    std::fs::write(
+        f.config("manifest-lock.x86_64.json"),
+        r#"{"packages": {"example-hello": {"evra": "1.0-1.noarch"}}}"#,
+    )?;
+    f.compose_ok(&[])?;
+    assert_eq!(hello(&f)?, "1.0-1.noarch");
+    std::fs::remove_file(f.config("manifest-lock.x86_64.json"))?;
+    let r = f.compose_ok(&[])?;
+    assert!(
+        r.stdout.starts_with("changed=true"),
+        "removing the lock is a change"
+    );
+    assert_eq!(hello(&f)?, "1.0-2.noarch");
+    // A lock on a version no repository has is a clear error.
+    std::fs::write(
+        f.config("manifest-lock.x86_64.json"),
+        r#"{"packages": {"example-hello": {"evr": "9.9-9"}}}"#,
+    )?;
+    let r = f.compose(&[])?;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.error_line().contains("example-hello-9.9-9"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn prune_removes_directories_and_refs() -> Result<()> {
+    let f = Fixture::new()?;
+    for _ in 0..3 {
+        f.compose_ok(&["--force", "--keep-last-n", "2"])?;
+    }
+    let builds = f.builds()?;
+    assert_eq!(builds.len(), 2);
+    let refs = Command::new("ostree")
+        .args(["refs", "--repo", f.t.wd.repo_dir().as_str()])
+        .output()?;
+    let refs = String::from_utf8(refs.stdout)?;
+    let mut build_refs: Vec<_> = refs
+        .lines()
+        .filter(|r| r.starts_with("cosa/builds/"))
+        .collect();
+    build_refs.sort();
+    let mut want: Vec<_> = builds
+        .iter()
+        .map(|b| format!("cosa/builds/{b}/x86_64"))
+        .collect();
+    want.sort();
+    assert_eq!(build_refs, want);
+    // A tagged build survives pruning and does not count.
+    let mut b = f.t.wd.read_builds()?;
+    let oldest = builds[1].clone();
+    b.extra.insert(
+        "tags".into(),
+        serde_json::json!([{"name": "keep", "created": "2026-01-01T00:00:00Z", "target": oldest}]),
+    );
+    std::fs::write(f.t.wd.builds_json_path(), b.to_json_bytes()?)?;
+    f.compose_ok(&["--force", "--keep-last-n", "1"])?;
+    let after = f.builds()?;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&oldest));
+    assert!(f.t.wd.build_dir(&oldest)?.exists());
+    Ok(())
+}
