@@ -16,6 +16,7 @@ pub mod inputs;
 pub mod pkgs;
 mod record;
 mod repos;
+mod rpmostree;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,18 @@ pub struct Args {
     /// Do not prune old builds.
     #[arg(long)]
     pub no_prune: bool,
+    /// How to compose: `dnf` (dnf + ostree, any Linux), `rpm-ostree` (where it is
+    /// installed), or `auto`: rpm-ostree when it is on PATH, else dnf.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
+
+/// The compose backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Auto,
+    Dnf,
+    RpmOstree,
 }
 
 /// What a compose did.
@@ -197,6 +210,17 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         .treefile
         .clone()
         .unwrap_or_else(|| config.join("manifest.yaml"));
+    let rpm_ostree = match args.backend {
+        Backend::RpmOstree => true,
+        Backend::Dnf => false,
+        Backend::Auto => crate::cmd::have("rpm-ostree"),
+    };
+    if rpm_ostree {
+        if !crate::cmd::have("rpm-ostree") {
+            bail!("--backend rpm-ostree: rpm-ostree is not installed (or not on PATH)");
+        }
+        return rpmostree::compose(wd, args, &tf_path);
+    }
     let tf = treefile::load(&tf_path, arch)?;
     check_ref(&tf.ostree_ref)?;
     if args.print_only {
@@ -440,7 +464,6 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
                 &now.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             ),
             pkgdiff,
-            parent: prev_meta.as_ref(),
             summary,
             git,
             image_json: image_json.clone(),

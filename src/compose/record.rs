@@ -28,7 +28,6 @@ pub struct NewBuild<'a> {
     pub commitmeta: Map<String, Value>,
     pub lockfile: Value,
     pub pkgdiff: Option<Vec<Value>>,
-    pub parent: Option<&'a Meta>,
     pub summary: Option<String>,
     /// Config git revision and dirty flag.
     pub git: Option<(String, bool)>,
@@ -75,18 +74,11 @@ pub fn record(wd: &Workdir, lock: &WorkdirLock, scratch: &Utf8Path, b: NewBuild<
             json!(dirty.to_string()),
         );
     }
-    if let Some(pm) = b.parent {
-        if let Some(d) = b.pkgdiff {
-            extra.insert("pkgdiff".into(), Value::Array(d));
-        }
-        extra.insert(
-            "fedora-coreos.parent-version".into(),
-            json!(pm.ostree_version),
-        );
-        extra.insert(
-            "fedora-coreos.parent-commit".into(),
-            json!(pm.ostree_commit),
-        );
+    // The package diff against the previous build. (coreos-assembler's FCOS pipeline also
+    // wrote `fedora-coreos.parent-version`; its schema wants FCOS-style versions of at
+    // least 12 characters, so it is not written for other OSes' versions.)
+    if let Some(d) = b.pkgdiff {
+        extra.insert("pkgdiff".into(), Value::Array(d));
     }
     let mut images = indexmap::IndexMap::new();
     images.insert(

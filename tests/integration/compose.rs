@@ -226,7 +226,6 @@ fn compose_then_no_change_then_bump_then_force() -> Result<()> {
             "PreviousPackage": ["example-hello", "1.0-1", "noarch"],
             "NewPackage": ["example-hello", "1.0-2", "noarch"]}]])
     );
-    assert_eq!(meta["fedora-coreos.parent-version"], v0.as_str());
     // Only the changed package was downloaded (the rest are in the dnf cache).
     let rpms: Vec<_> = f
         .server
@@ -486,5 +485,89 @@ fn prune_removes_directories_and_refs() -> Result<()> {
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.contains(&oldest));
     assert!(f.t.wd.build_dir(&oldest)?.exists());
+    Ok(())
+}
+
+#[test]
+fn rpm_ostree_backend() -> Result<()> {
+    let t = TestWorkdir::new()?;
+    std::fs::write(
+        t.wd.config_dir().join("manifest.yaml"),
+        "ref: fake-os/x86_64/stable\n",
+    )?;
+    let fake = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/fake-rpm-ostree"
+    );
+    let log = t.root().join("rpm-ostree.log");
+    let path = format!("{fake}:{}", std::env::var("PATH").unwrap_or_default());
+    let compose = |extra: &[(&str, &str)]| {
+        let mut c = bin("cosa-compose");
+        c.args(["--workdir", t.root().as_str()])
+            .env("PATH", &path)
+            .env("FAKE_RPM_OSTREE_LOG", log.as_str());
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        run(&mut c)
+    };
+    // auto picks rpm-ostree when it is on PATH.
+    let r = compose(&[])?;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "changed=true\nbuild=7\n");
+    let meta: Value = serde_json::from_slice(&std::fs::read(t.wd.meta_path("7", "x86_64")?)?)?;
+    assert_eq!(crate::schema::schema_errors(&meta)?, Vec::<String>::new());
+    assert_eq!(meta["name"], "fake-os");
+    assert_eq!(meta["ref"], "fake-os/x86_64/stable");
+    let calls = std::fs::read_to_string(&log)?;
+    let compose_call = calls
+        .lines()
+        .find(|l| l.contains("--unified-core"))
+        .context("no compose call")?;
+    assert!(
+        compose_call.contains("--add-metadata-string=version=7"),
+        "{compose_call}"
+    );
+    assert!(
+        !compose_call.contains("--previous-commit"),
+        "{compose_call}"
+    );
+    // rpm-ostree says nothing changed: no new build, latest untouched.
+    let r = compose(&[("FAKE_UNCHANGED", "1")])?;
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "changed=false\nbuild=7\n"),
+        "{}",
+        r.stderr
+    );
+    // A change: the next version, the previous commit handed over, the diff recorded.
+    let r = compose(&[])?;
+    assert_eq!(r.stdout, "changed=true\nbuild=7.1\n");
+    let calls = std::fs::read_to_string(&log)?;
+    let last = calls
+        .lines()
+        .filter(|l| l.contains("--unified-core"))
+        .last()
+        .context("call")?;
+    assert!(
+        last.contains(&format!(
+            "--previous-commit={}",
+            meta["ostree-commit"].as_str().context("c")?
+        )),
+        "{last}"
+    );
+    let meta2: Value = serde_json::from_slice(&std::fs::read(t.wd.meta_path("7.1", "x86_64")?)?)?;
+    assert_eq!(meta2["pkgdiff"][0][0], "fake-pkg");
+    assert_eq!(crate::schema::schema_errors(&meta2)?, Vec::<String>::new());
+    // Asking for rpm-ostree where there is none is a clear error.
+    let r = run(bin("cosa-compose")
+        .args(["--workdir", t.root().as_str(), "--backend", "rpm-ostree"])
+        .env("PATH", "/usr/bin:/bin"))?;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.error_line().contains("rpm-ostree is not installed"),
+        "{}",
+        r.stderr
+    );
     Ok(())
 }
