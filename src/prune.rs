@@ -78,7 +78,8 @@ pub fn prune(wd: &Workdir, lock: &WorkdirLock, keep: usize) -> Result<Vec<String
     Ok(doomed)
 }
 
-fn delete_ref_if_present(repo: &camino::Utf8Path, r: &str) -> Result<()> {
+/// Delete ref `r` of `repo` if it exists.
+pub fn delete_ref_if_present(repo: &camino::Utf8Path, r: &str) -> Result<()> {
     let refs = Command::new("ostree")
         .args(["refs", "--repo", repo.as_str()])
         .run_get_string()?;

@@ -101,14 +101,7 @@ pub fn commit(c: &Commit<'_>) -> Result<String> {
 
 /// Point `r` at `commit` (replacing it if present).
 pub fn set_ref(repo: &Utf8Path, r: &str, commit: &str) -> Result<()> {
-    let refs = Command::new("ostree")
-        .args(["refs", "--repo", repo.as_str()])
-        .run_get_string()?;
-    if refs.lines().any(|l| l == r) {
-        Command::new("ostree")
-            .args(["refs", "--repo", repo.as_str(), "--delete", r])
-            .run()?;
-    }
+    crate::prune::delete_ref_if_present(repo, r)?;
     Command::new("ostree")
         .args([
             "refs",

@@ -200,6 +200,78 @@ fn read_lockfile(dir: &Utf8Path, arch: &str) -> Result<(Locks, Option<Vec<u8>>)>
     Ok((out, Some(bytes)))
 }
 
+/// What every compose starts from: the work directory lock (held throughout, so two
+/// composes in one work directory run one after the other), builds.json, and the
+/// previous build for this arch.
+struct Start {
+    lock: crate::workdir::WorkdirLock,
+    builds: crate::builds::BuildsJson,
+    prev: Option<crate::meta::Meta>,
+}
+
+fn start(wd: &Workdir, arch: &str) -> Result<Start> {
+    let lock = wd.lock()?;
+    crate::fsutil::remove_stale_tmp(&wd.builds_dir())?;
+    crate::fsutil::remove_stale_tmp(&wd.tmp_dir())?;
+    let builds = wd.read_builds()?;
+    let prev = builds
+        .builds
+        .iter()
+        .find(|b| b.arches.iter().any(|a| a == arch))
+        .map(|b| wd.read_meta(&b.id, arch))
+        .transpose()?;
+    Ok(Start { lock, builds, prev })
+}
+
+/// A scratch directory in the work directory's tmp/ (not /tmp, which may be small).
+fn scratch_dir(wd: &Workdir) -> Result<(tempfile::TempDir, Utf8PathBuf)> {
+    let td = tempfile::Builder::new()
+        .prefix(&format!("{}compose.", crate::fsutil::TMP_PREFIX))
+        .tempdir_in(wd.tmp_dir())
+        .with_context(|| format!("creating a scratch directory in {}", wd.tmp_dir()))?;
+    let p = Utf8PathBuf::from_path_buf(td.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+    Ok((td, p))
+}
+
+/// The flattened image.yaml beside the treefile, as JSON, if there is one.
+fn image_json(tf_dir: &Utf8Path) -> Result<Option<Vec<u8>>> {
+    let image_yaml = tf_dir.join("image.yaml");
+    if !image_yaml.exists() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_vec(&crate::image::config::load(
+        &image_yaml,
+    )?)?))
+}
+
+/// The new build's version: `--version`, else the next after the previous build's.
+fn next_version(
+    args: &Args,
+    tf_path: &Utf8Path,
+    prefix: Option<&str>,
+    suffix: Option<&str>,
+    prev: Option<&crate::meta::Meta>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<String> {
+    let v = match &args.version {
+        Some(v) => v.clone(),
+        None => {
+            let Some(prefix) = prefix else {
+                bail!("{tf_path}: no automatic-version-prefix; add one or pass --version");
+            };
+            crate::version::next_version(
+                prefix,
+                suffix,
+                prev.map(|m| m.ostree_version.as_str()),
+                now,
+            )?
+        }
+    };
+    validate_build_id(&v)?;
+    Ok(v)
+}
+
 /// Compose; the work directory lock is held throughout, so two composes in one work
 /// directory run one after the other.
 pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
@@ -231,14 +303,7 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         .parent()
         .map(Utf8Path::to_owned)
         .unwrap_or_else(|| config.clone());
-    let image_yaml = tf_dir.join("image.yaml");
-    let image_json = if image_yaml.exists() {
-        Some(serde_json::to_vec(&crate::image::config::load(
-            &image_yaml,
-        )?)?)
-    } else {
-        None
-    };
+    let image_json = image_json(&tf_dir)?;
     let (locks, lock_bytes) = read_lockfile(&tf_dir, arch)?;
     let releasever = tf
         .releasever
@@ -247,19 +312,12 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         .unwrap_or_default();
     let repos = repos::select(repos::load_dir(&tf_dir)?, tf.repos.as_deref(), &tf_dir)?;
 
-    let lock = wd.lock()?;
-    crate::fsutil::remove_stale_tmp(&wd.builds_dir())?;
-    crate::fsutil::remove_stale_tmp(&wd.tmp_dir())?;
-    let builds = wd.read_builds()?;
-    let prev_id = builds
-        .builds
-        .iter()
-        .find(|b| b.arches.iter().any(|a| a == arch))
-        .map(|b| b.id.clone());
-    let prev_meta = prev_id
-        .as_deref()
-        .map(|id| wd.read_meta(id, arch))
-        .transpose()?;
+    let Start {
+        lock,
+        builds,
+        prev: prev_meta,
+    } = start(wd, arch)?;
+    let prev_id = prev_meta.as_ref().map(|m| m.buildid.clone());
     let prev_cm = match &prev_id {
         Some(id) => read_commitmeta(wd, id, arch)?,
         None => None,
@@ -282,12 +340,7 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
         return Ok(Composed::Unchanged { id: id.clone() });
     }
 
-    let scratch_td = tempfile::Builder::new()
-        .prefix(&format!("{}compose.", crate::fsutil::TMP_PREFIX))
-        .tempdir_in(wd.tmp_dir())
-        .with_context(|| format!("creating a scratch directory in {}", wd.tmp_dir()))?;
-    let scratch = Utf8PathBuf::from_path_buf(scratch_td.path().to_path_buf())
-        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+    let (scratch_td, scratch) = scratch_dir(wd)?;
     let reposdir = scratch.join("repos.d");
     repos::write_reposdir(&reposdir, &repos)?;
     let root = scratch.join("root");
@@ -341,22 +394,14 @@ pub fn compose(wd: &Workdir, args: &Args) -> Result<Composed> {
     }
 
     let now = chrono::Utc::now();
-    let version = match &args.version {
-        Some(v) => v.clone(),
-        None => {
-            let Some(prefix) = &tf.automatic_version_prefix else {
-                bail!("{tf_path}: no automatic-version-prefix; add one or pass --version");
-            };
-            let suffix = tf.automatic_version_suffix.as_deref();
-            crate::version::next_version(
-                prefix,
-                suffix,
-                prev_meta.as_ref().map(|m| m.ostree_version.as_str()),
-                now,
-            )?
-        }
-    };
-    validate_build_id(&version)?;
+    let version = next_version(
+        args,
+        &tf_path,
+        tf.automatic_version_prefix.as_deref(),
+        tf.automatic_version_suffix.as_deref(),
+        prev_meta.as_ref(),
+        now,
+    )?;
     if builds.has(&version, arch) {
         tracing::info!("build {version} already exists for {arch}");
         return Ok(Composed::Unchanged { id: version });

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Args, Composed, record};
 use crate::cmd::CommandRunExt;
-use crate::names::{host_arch, validate_build_id};
+use crate::names::host_arch;
 use crate::workdir::Workdir;
 
 fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
@@ -42,53 +42,23 @@ pub fn compose(wd: &Workdir, args: &Args, tf_path: &Utf8Path) -> Result<Composed
         .map(str::to_string)
         .unwrap_or_else(|| oref.split('/').next().unwrap_or("os").to_string());
     let tf_dir = tf_path.parent().unwrap_or(Utf8Path::new("."));
-    let image_yaml = tf_dir.join("image.yaml");
-    let image_json = if image_yaml.exists() {
-        Some(serde_json::to_vec(&crate::image::config::load(
-            &image_yaml,
-        )?)?)
-    } else {
-        None
-    };
+    let image_json = super::image_json(tf_dir)?;
 
-    let lock = wd.lock()?;
-    crate::fsutil::remove_stale_tmp(&wd.builds_dir())?;
-    crate::fsutil::remove_stale_tmp(&wd.tmp_dir())?;
-    let builds = wd.read_builds()?;
-    let prev_id = builds
-        .builds
-        .iter()
-        .find(|b| b.arches.iter().any(|a| a == arch))
-        .map(|b| b.id.clone());
-    let prev = prev_id
-        .as_deref()
-        .map(|id| wd.read_meta(id, arch))
-        .transpose()?;
+    let super::Start { lock, prev, .. } = super::start(wd, arch)?;
+    let prev_id = prev.as_ref().map(|m| m.buildid.clone());
     let now = chrono::Utc::now();
-    let version = match &args.version {
-        Some(v) => v.clone(),
-        None => {
-            let Some(prefix) = str_field(&flat, "automatic-version-prefix") else {
-                bail!("{tf_path}: no automatic-version-prefix; add one or pass --version");
-            };
-            crate::version::next_version(
-                prefix,
-                str_field(&flat, "automatic-version-suffix"),
-                prev.as_ref().map(|m| m.ostree_version.as_str()),
-                now,
-            )?
-        }
-    };
-    validate_build_id(&version)?;
+    let version = super::next_version(
+        args,
+        tf_path,
+        str_field(&flat, "automatic-version-prefix"),
+        str_field(&flat, "automatic-version-suffix"),
+        prev.as_ref(),
+        now,
+    )?;
 
     let repo = wd.repo_dir();
     super::commit::ensure_repo(&repo)?;
-    let scratch_td = tempfile::Builder::new()
-        .prefix(&format!("{}compose.", crate::fsutil::TMP_PREFIX))
-        .tempdir_in(wd.tmp_dir())
-        .with_context(|| format!("creating a scratch directory in {}", wd.tmp_dir()))?;
-    let scratch = camino::Utf8PathBuf::from_path_buf(scratch_td.path().to_path_buf())
-        .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+    let (_scratch_td, scratch) = super::scratch_dir(wd)?;
     let cachedir = wd.cache_dir().join("rpm-ostree");
     std::fs::create_dir_all(&cachedir).with_context(|| format!("creating {cachedir}"))?;
     let (composejson, stamp, lockout) = (

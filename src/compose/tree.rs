@@ -277,17 +277,23 @@ fn enable_units(root: &Utf8Path, units: &[String], default_target: Option<&str>)
     Ok(())
 }
 
-/// Collect the subdirectories of `dir` (relative to `top`, with modes); refuse files.
-fn dirs_only(top: &Utf8Path, dir: &Utf8Path, out: &mut Vec<(String, u32)>) -> Result<()> {
-    let mut ents: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("listing {dir}"))?
-        .collect::<std::io::Result<Vec<_>>>()
-        .with_context(|| format!("listing {dir}"))?;
-    ents.sort_by_key(|e| e.file_name());
-    for e in ents {
+/// The entries of `dir` in name order (deterministic output), with their metadata.
+fn sorted_entries(dir: &Utf8Path) -> Result<Vec<(Utf8PathBuf, std::fs::Metadata)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {dir}"))? {
+        let e = e.with_context(|| format!("listing {dir}"))?;
         let p = Utf8PathBuf::from_path_buf(e.path())
             .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
         let md = std::fs::symlink_metadata(&p).with_context(|| format!("reading {p}"))?;
+        out.push((p, md));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Collect the subdirectories of `dir` (relative to `top`, with modes); refuse files.
+fn dirs_only(top: &Utf8Path, dir: &Utf8Path, out: &mut Vec<(String, u32)>) -> Result<()> {
+    for (p, md) in sorted_entries(dir)? {
         let rel = p.strip_prefix(top).unwrap_or(&p).to_string();
         if !md.is_dir() {
             bail!(
@@ -320,20 +326,12 @@ fn var_to_tmpfiles(root: &Utf8Path) -> Result<Vec<String>> {
     let var = root.join("var");
     let mut lines = Vec::new();
     fn walk(root: &Utf8Path, dir: &Utf8Path, lines: &mut Vec<String>) -> Result<()> {
-        let mut ents: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("listing {dir}"))?
-            .collect::<std::io::Result<Vec<_>>>()
-            .with_context(|| format!("listing {dir}"))?;
-        ents.sort_by_key(|e| e.file_name());
-        for e in ents {
-            let p = Utf8PathBuf::from_path_buf(e.path())
-                .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+        for (p, md) in sorted_entries(dir)? {
             let rel = format!("/{}", p.strip_prefix(root).unwrap_or(&p));
             if rel.contains(char::is_whitespace) {
                 tracing::warn!("skipping {rel}: white space in a /var path");
                 continue;
             }
-            let md = std::fs::symlink_metadata(&p).with_context(|| format!("reading {p}"))?;
             if md.file_type().is_symlink() {
                 let t = std::fs::read_link(&p).with_context(|| format!("reading {p}"))?;
                 lines.push(format!("L {rel} - - - - {}", t.to_string_lossy()));
