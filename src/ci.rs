@@ -108,6 +108,53 @@ pub fn github_escape(msg: &str) -> String {
         .replace('\n', "%0A")
 }
 
+/// Append a Markdown summary of a build to `$GITHUB_STEP_SUMMARY`, if set: its ID,
+/// version, commit and an artifact table (file, size, sha256).
+pub fn step_summary(title: &str, meta: &crate::meta::Meta) -> Result<()> {
+    let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") else {
+        return Ok(());
+    };
+    let mut md = format!(
+        "### {title}\n\n| build | version | commit |\n| --- | --- | --- |\n| `{}` | `{}` | `{}` |\n\n",
+        meta.buildid,
+        meta.ostree_version,
+        meta.ostree_commit.get(..12).unwrap_or(&meta.ostree_commit)
+    );
+    if !meta.images.is_empty() {
+        md.push_str("| artifact | file | size | sha256 |\n| --- | --- | ---: | --- |\n");
+        for (k, a) in &meta.images {
+            let size = a.size.map(human_size).unwrap_or_default();
+            md.push_str(&format!(
+                "| {k} | `{}` | {size} | `{}` |\n",
+                a.path, a.sha256
+            ));
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .with_context(|| format!("opening $GITHUB_STEP_SUMMARY ({})", path.to_string_lossy()))?;
+    f.write_all(md.as_bytes())
+        .with_context(|| format!("writing $GITHUB_STEP_SUMMARY ({})", path.to_string_lossy()))
+}
+
+/// `1.5 GiB`-style sizes for people.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +170,13 @@ mod tests {
         assert!(write_dotenv(&p, &[("A", "1\nC=3".into())]).is_err());
         assert_eq!(std::fs::read_to_string(&p)?, "A=1\nB=two\n");
         Ok(())
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(12), "12 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -29,6 +29,9 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run gitlab-ci-local and the action linters in the tests; a machine
+# that already has them (e.g. from NodeSource) keeps its own.
+if ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
 # qemu-img must come from the same QEMU release as qemu-system (a backported
 # qemu-utils conflicts with the distribution's qemu-system and gets removed).
 if ! command -v qemu-img >/dev/null; then missing+=(qemu-utils); fi

@@ -550,6 +550,10 @@ impl crate::cli::Command for Args {
         let started = std::time::Instant::now();
         match compose(&wd, &self)? {
             Composed::Built { id, commit } => {
+                ci::step_summary(
+                    &format!("cosa-compose: built {id}"),
+                    &wd.read_meta(&id, host_arch())?,
+                )?;
                 eprintln!(
                     "Built {id} (commit {commit}) in {:.1} s",
                     started.elapsed().as_secs_f64()

@@ -1,9 +1,11 @@
 //! Integration tests: the built binaries run against real work directories, stores
 //! and tools. One test binary (as ripgrep does); modules by concern.
 
+mod actions;
 mod changed;
 mod common;
 mod compose;
 mod example;
+mod gitlab;
 mod http;
 mod schema;
