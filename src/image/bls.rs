@@ -138,9 +138,12 @@ mod tests {
         e.replace_karg("ignition.platform.id", Some("ignition.platform.id=qemu"));
         e.replace_karg("ignition.platform.id", Some("ignition.platform.id=metal"));
         let t = e.to_text();
-        assert!(t.contains("ostree=/ostree/boot.1/e/abc/0 ignition.platform.id=metal\n"), "{t}");
+        assert!(
+            t.contains("ostree=/ostree/boot.1/e/abc/0 ignition.platform.id=metal\n"),
+            "{t}"
+        );
         assert_eq!(t.matches("ignition.platform.id").count(), 1);
-        assert_eq!(BlsEntry::parse("x", &t, "x").unwrap(), e);
+        assert_eq!(BlsEntry::parse("ostree-1-e.conf", &t, "x").unwrap(), e);
         assert!(BlsEntry::parse("x", "title t\n", "x").is_err());
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `size` | disk size in GB (10^9 bytes) for `qemu` and the cloud images | 10 |
+//! | `size` | disk size in GiB (coreos-assembler calls it GB: `size * 1024` MiB) for `qemu` and cloud images | 10 |
 //! | `bootfs` | the `boot` filesystem: `ext4` | `ext4` |
 //! | `rootfs` | the `root` filesystem: `ext4`, or `xfs` (see below) | `ext4` |
 //! | `extra-kargs` | kernel arguments added to every image | none |
@@ -44,7 +44,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-/// Disk size in GB when `size` is not given (coreos-assembler's FCOS value).
+/// Disk size in GiB when `size` is not given (Fedora CoreOS's value).
 pub const DEFAULT_SIZE_GB: u32 = 10;
 /// How deep `include` chains may go.
 pub const MAX_INCLUDE_DEPTH: usize = 50;
@@ -88,7 +88,7 @@ pub enum Compressor {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ImageConfig {
-    /// Disk size in GB for `qemu` (and cloud) images.
+    /// Disk size in GiB for `qemu` (and cloud) images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,7 +125,7 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    /// The disk size in GB for `qemu` images.
+    /// The disk size in GiB for `qemu` images.
     pub fn size_gb(&self) -> u32 {
         self.size.unwrap_or(DEFAULT_SIZE_GB)
     }
@@ -172,7 +172,9 @@ impl ImageConfig {
                 bail!("{origin}: extra-kargs: {k:?} is not a single kernel argument");
             }
             // GRUB config quoting: keep kargs free of characters grub.cfg would interpret.
-            if k.chars().any(|c| matches!(c, '\'' | '"' | '\\' | '$' | ';' | '{' | '}')) {
+            if k.chars()
+                .any(|c| matches!(c, '\'' | '"' | '\\' | '$' | ';' | '{' | '}'))
+            {
                 bail!("{origin}: extra-kargs: {k:?} contains a quote, '\\', '$', ';' or a brace");
             }
         }
@@ -299,7 +301,10 @@ mod tests {
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(ImageConfig::from_json(&json, "image.json").unwrap(), c);
         let s = String::from_utf8(json).unwrap();
-        assert!(s.contains("\"extra-kargs\"") && s.contains("\"aws-x86-boot-mode\""), "{s}");
+        assert!(
+            s.contains("\"extra-kargs\"") && s.contains("\"aws-x86-boot-mode\""),
+            "{s}"
+        );
     }
 
     #[test]
@@ -321,7 +326,10 @@ mod tests {
             ("size: 0\n", "image.yaml: size"),
             ("extra-kargs: ['a b']\n", "image.yaml: extra-kargs"),
         ] {
-            let e = format!("{:#}", ImageConfig::from_yaml(text, "image.yaml").unwrap_err());
+            let e = format!(
+                "{:#}",
+                ImageConfig::from_yaml(text, "image.yaml").unwrap_err()
+            );
             assert!(e.starts_with(want), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
@@ -336,7 +344,11 @@ mod tests {
             "sub/base.yaml",
             "size: 10\nrootfs: xfs\nextra-kargs: [a, b]\nplatform-compressor: {qemu: xz, metal: gzip}\n",
         );
-        write(&d, "mid.yaml", "include: sub/base.yaml\nsize: 5\nextra-kargs: [b, c]\n");
+        write(
+            &d,
+            "mid.yaml",
+            "include: sub/base.yaml\nsize: 5\nextra-kargs: [b, c]\n",
+        );
         let top = write(
             &d,
             "image.yaml",

@@ -116,7 +116,7 @@ fn entry_array(parts: &[Placed], sector: u64, disk_guid: &str) -> Result<Vec<u8>
         if n == 0 || n > ENTRIES {
             bail!("partition number {n} out of range");
         }
-        if p.offset % sector != 0 || p.size % sector != 0 {
+        if !p.offset.is_multiple_of(sector) || !p.size.is_multiple_of(sector) {
             bail!("partition {n} is not aligned to {sector}-byte sectors");
         }
         let e = &mut arr[((n - 1) * ENTRY_SIZE) as usize..(n * ENTRY_SIZE) as usize];
@@ -130,7 +130,10 @@ fn entry_array(parts: &[Placed], sector: u64, disk_guid: &str) -> Result<Vec<u8>
         // Attributes (48..56) stay 0.
         let name: Vec<u16> = p.spec.name.encode_utf16().collect();
         if name.len() > 36 {
-            bail!("partition name {:?} longer than 36 UTF-16 units", p.spec.name);
+            bail!(
+                "partition name {:?} longer than 36 UTF-16 units",
+                p.spec.name
+            );
         }
         for (i, u) in name.iter().enumerate() {
             e[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
@@ -158,7 +161,7 @@ fn header(
     h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
     h[12..16].copy_from_slice(&HEADER_SIZE.to_le_bytes());
     // 16..20: header CRC, filled below; 20..24 reserved.
-    h[24..32].copy_from_slice(&(my_lba as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&my_lba.to_le_bytes());
     h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
     h[40..48].copy_from_slice(&first_usable.to_le_bytes());
     h[48..56].copy_from_slice(&last_usable.to_le_bytes());
@@ -196,7 +199,7 @@ pub fn write(
     disk_guid: &str,
     parts: &[Placed],
 ) -> Result<()> {
-    if disk_size % sector != 0 {
+    if !disk_size.is_multiple_of(sector) {
         bail!("{path}: size {disk_size} is not a multiple of the {sector}-byte sector");
     }
     let total = disk_size / sector;

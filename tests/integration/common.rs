@@ -77,6 +77,7 @@ pub fn bin(name: &str) -> Command {
     let path = match name {
         "cosa-changed" => env!("CARGO_BIN_EXE_cosa-changed"),
         "cosa-compose" => env!("CARGO_BIN_EXE_cosa-compose"),
+        "cosa-image" => env!("CARGO_BIN_EXE_cosa-image"),
         other => panic!("unknown binary {other}"),
     };
     let mut c = Command::new(path);

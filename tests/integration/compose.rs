@@ -97,7 +97,7 @@ fn compose_then_no_change_then_bump_then_force() -> Result<()> {
     let r = f.compose_ok(&[])?;
     let v0 = format!("1.{}.0", today());
     assert_eq!(r.stdout, format!("changed=true\nbuild={v0}\n"));
-    assert_eq!(f.builds()?, [v0.clone()]);
+    assert_eq!(f.builds()?, std::slice::from_ref(&v0));
     let meta = f.latest_meta()?;
     assert_eq!(crate::schema::schema_errors(&meta)?, Vec::<String>::new());
     assert_eq!(meta["name"], "example-os");
@@ -208,7 +208,7 @@ fn compose_then_no_change_then_bump_then_force() -> Result<()> {
         ["/repodata/repomd.xml"],
         "a no-change compose downloaded more than repomd.xml"
     );
-    assert_eq!(f.builds()?, [v0.clone()]);
+    assert_eq!(f.builds()?, std::slice::from_ref(&v0));
 
     // One package's release bumped: a new build, the next version, a package diff.
     example::publish(&example::repo(&["example-hello=2"])?, &f.served)?;
@@ -546,8 +546,7 @@ fn rpm_ostree_backend() -> Result<()> {
     let calls = std::fs::read_to_string(&log)?;
     let last = calls
         .lines()
-        .filter(|l| l.contains("--unified-core"))
-        .last()
+        .rfind(|l| l.contains("--unified-core"))
         .context("call")?;
     assert!(
         last.contains(&format!(

@@ -8,4 +8,5 @@ mod compose;
 mod example;
 mod gitlab;
 mod http;
+mod image;
 mod schema;

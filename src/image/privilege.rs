@@ -1,0 +1,153 @@
+//! Running the steps that need root (OSTree deployment, filling filesystems with
+//! files owned by uid 0) without root.
+//!
+//! As root they run directly. Otherwise they run inside `unshare -r`: a user
+//! namespace in which our uid is mapped to 0. Files are created with our real uid on
+//! disk, but inside the namespace they are owned by 0, so `ostree admin deploy` can
+//! `fchown` them and `mkfs.ext4 -d` records uid 0 in the filesystem it makes. Only uid
+//! 0 is mapped (newuidmap is often missing), so a commit holding files owned by other
+//! users cannot be deployed this way; that needs root.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::cmd::CommandRunExt;
+
+/// How root-needing steps are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsRoot {
+    /// We are root: run directly.
+    Direct,
+    /// Run inside `unshare -r`.
+    UserNs,
+}
+
+/// Quote one word for `sh`.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl AsRoot {
+    /// Decide for this process; when not root, check that user namespaces work.
+    pub fn detect() -> Result<AsRoot> {
+        if rustix::process::geteuid().is_root() {
+            return Ok(AsRoot::Direct);
+        }
+        Command::new("unshare").args(["-r", "true"]).run().context(
+            "not running as root, and an unprivileged user namespace is not available \
+                 (unshare -r failed); run as root or allow user namespaces \
+                 (sysctl kernel.unprivileged_userns_clone=1)",
+        )?;
+        Ok(AsRoot::UserNs)
+    }
+
+    /// A command for `argv`, wrapped in `unshare -r` when needed.
+    pub fn command<S: AsRef<std::ffi::OsStr>>(self, argv: &[S]) -> Result<Command> {
+        let Some((prog, args)) = argv.split_first() else {
+            bail!("empty command");
+        };
+        Ok(match self {
+            AsRoot::Direct => {
+                let mut c = Command::new(prog);
+                c.args(args);
+                c
+            }
+            AsRoot::UserNs => {
+                let mut c = Command::new("unshare");
+                c.arg("-r").arg("--").arg(prog).args(args);
+                c
+            }
+        })
+    }
+
+    /// Run a sequence of commands, stopping at the first failure. In a user namespace
+    /// the whole sequence runs in one `unshare -r sh -ec`, so it shares one namespace.
+    pub fn run_steps(self, steps: &[Vec<String>]) -> Result<()> {
+        match self {
+            AsRoot::Direct => {
+                for s in steps {
+                    self.command(s)?.run()?;
+                }
+                Ok(())
+            }
+            AsRoot::UserNs => {
+                let script: Vec<String> = steps
+                    .iter()
+                    .map(|s| s.iter().map(|w| sh_quote(w)).collect::<Vec<_>>().join(" "))
+                    .collect();
+                let script = script.join("\n");
+                tracing::debug!("in a user namespace:\n{script}");
+                Command::new("unshare")
+                    .args(["-r", "--", "sh", "-ec"])
+                    .arg(&script)
+                    .run()
+            }
+        }
+    }
+
+    /// Remove a directory tree made by these steps (as a user, directories that the
+    /// deployment made read-only need the namespace's root to be removed).
+    pub fn remove_tree(self, path: &Utf8Path) -> Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+        match self {
+            AsRoot::Direct => {
+                // `ostree admin deploy` makes each deployment directory immutable
+                // (chattr +i), which even root must undo before removing it.
+                clear_immutable_dirs(path, 6);
+                std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))
+            }
+            AsRoot::UserNs => self
+                .command(&["rm", "-rf", "--", path.as_str()])?
+                .run()
+                .with_context(|| format!("removing {path}")),
+        }
+    }
+}
+
+/// Clear the immutable flag of directories under `dir`, `depth` levels deep (best effort).
+fn clear_immutable_dirs(dir: &Utf8Path, depth: u32) {
+    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+    if let Ok(f) = std::fs::File::open(dir)
+        && let Ok(flags) = ioctl_getflags(&f)
+        && flags.contains(IFlags::IMMUTABLE)
+    {
+        let _ = ioctl_setflags(&f, flags - IFlags::IMMUTABLE);
+    }
+    if depth == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for ent in rd.flatten() {
+        if ent.file_type().is_ok_and(|t| t.is_dir())
+            && let Ok(p) = Utf8PathBuf::from_path_buf(ent.path())
+        {
+            clear_immutable_dirs(&p, depth - 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("a/b=c"), "a/b=c");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        assert_eq!(sh_quote(""), "''");
+        assert_eq!(sh_quote("a b"), "'a b'");
+    }
+}
