@@ -72,6 +72,17 @@ fn compose_then_downstream_only_when_changed() -> Result<()> {
     let id = t.wd.latest_id()?.context("no build")?;
     assert_eq!(std::fs::read_to_string(&ran)?.trim(), id);
     assert!(r.out.contains("::set-output:: changed=true"), "{}", r.out);
+    // The downstream job made the build's qemu image and registered it.
+    let meta = t.wd.read_meta(&id, "x86_64")?;
+    let qemu = meta
+        .images
+        .get("qemu")
+        .context("no qemu image in meta.json")?;
+    assert!(
+        t.wd.build_arch_dir(&id, "x86_64")?
+            .join(&qemu.path)
+            .exists()
+    );
 
     // Run 2: nothing changed; the downstream job is skipped.
     std::fs::remove_file(&ran)?;

@@ -79,6 +79,17 @@ fn compose_then_downstream_ends_early_when_unchanged() -> Result<()> {
     assert_eq!(code, 0, "{out}");
     let id = t.wd.latest_id()?.context("no build")?;
     assert_eq!(std::fs::read_to_string(&ran)?.trim(), id, "{out}");
+    // The downstream job made the build's qemu image and registered it.
+    let meta = t.wd.read_meta(&id, "x86_64")?;
+    let qemu = meta
+        .images
+        .get("qemu")
+        .context("no qemu image in meta.json")?;
+    assert!(
+        t.wd.build_arch_dir(&id, "x86_64")?
+            .join(&qemu.path)
+            .exists()
+    );
 
     std::fs::remove_file(&ran)?;
     let (code, out) = gitlab_ci_local(&proj, t.root())?;
