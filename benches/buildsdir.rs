@@ -34,7 +34,12 @@ fn time_runs(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<Duration>
 
 fn run_ok(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().context("spawning")?;
-    anyhow::ensure!(out.status.success(), "{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{:?} failed: {}",
+        cmd,
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -53,7 +58,8 @@ os.rename(tmp, path)
 
 fn main() -> Result<()> {
     let td = tempfile::tempdir()?;
-    let root = Utf8PathBuf::from_path_buf(td.path().to_path_buf()).map_err(|_| anyhow::anyhow!("utf8"))?;
+    let root =
+        Utf8PathBuf::from_path_buf(td.path().to_path_buf()).map_err(|_| anyhow::anyhow!("utf8"))?;
     let wd = Workdir::init(root.join("wd"))?;
     let lock = wd.lock()?;
     let mut b = BuildsJson::default();
@@ -78,7 +84,14 @@ fn main() -> Result<()> {
         run_ok(Command::new(exe).args(["--workdir", wd.root().as_str(), "--since", &latest]))
     })?;
     let against = time_runs(RUNS, || {
-        run_ok(Command::new(exe).args(["--workdir", wd.root().as_str(), "--against", store.as_str(), "--arch", "x86_64"]))
+        run_ok(Command::new(exe).args([
+            "--workdir",
+            wd.root().as_str(),
+            "--against",
+            store.as_str(),
+            "--arch",
+            "x86_64",
+        ]))
     })?;
 
     // Inserts: each run adds a new build (so the file keeps growing by one entry).
@@ -93,18 +106,44 @@ fn main() -> Result<()> {
     let mut m = 0;
     let py_insert = time_runs(RUNS, || {
         m += 1;
-        run_ok(Command::new("python3").args(["-c", PY_INSERT, wd.builds_json_path().as_str(), &format!("3.0.{m}")]))
+        run_ok(Command::new("python3").args([
+            "-c",
+            PY_INSERT,
+            wd.builds_json_path().as_str(),
+            &format!("3.0.{m}"),
+        ]))
     })?;
 
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     let ratio = |a: Duration, b: Duration| format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64());
-    println!("{BUILDS} builds, builds.json {:.1} MiB, median of {RUNS} runs each\n", size as f64 / (1 << 20) as f64);
+    println!(
+        "{BUILDS} builds, builds.json {:.1} MiB, median of {RUNS} runs each\n",
+        size as f64 / (1 << 20) as f64
+    );
     println!("| operation | time | ratio to peer |");
     println!("| --- | --- | --- |");
-    println!("| `readlink builds/latest` (peer, process) | {} | 1.00× |", ms(readlink));
-    println!("| `cosa-changed --since <latest>` (process) | {} | {} of readlink |", ms(since), ratio(since, readlink));
-    println!("| `cosa-changed --against <file store>` (process, parses both builds.json) | {} | {} of readlink |", ms(against), ratio(against, readlink));
-    println!("| builds.json insert, python3 as coreos-assembler (peer, process) | {} | 1.00× |", ms(py_insert));
-    println!("| builds.json insert, cosa library (lock, parse, validate, insert, atomic write + fsync) | {} | {} of python3 |", ms(insert), ratio(insert, py_insert));
+    println!(
+        "| `readlink builds/latest` (peer, process) | {} | 1.00× |",
+        ms(readlink)
+    );
+    println!(
+        "| `cosa-changed --since <latest>` (process) | {} | {} of readlink |",
+        ms(since),
+        ratio(since, readlink)
+    );
+    println!(
+        "| `cosa-changed --against <file store>` (process, parses both builds.json) | {} | {} of readlink |",
+        ms(against),
+        ratio(against, readlink)
+    );
+    println!(
+        "| builds.json insert, python3 as coreos-assembler (peer, process) | {} | 1.00× |",
+        ms(py_insert)
+    );
+    println!(
+        "| builds.json insert, cosa library (lock, parse, validate, insert, atomic write + fsync) | {} | {} of python3 |",
+        ms(insert),
+        ratio(insert, py_insert)
+    );
     Ok(())
 }

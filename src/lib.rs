@@ -22,10 +22,10 @@
 
 pub mod builds;
 pub mod changed;
-pub mod compose;
 pub mod ci;
 pub mod cli;
 pub mod cmd;
+pub mod compose;
 pub mod fsutil;
 pub mod image;
 pub mod meta;

@@ -5,13 +5,19 @@ use serde_json::Value;
 
 use crate::common::{TestWorkdir, minimal_meta};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/coreos-assembler");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/coreos-assembler"
+);
 
 /// Validate a meta.json document against coreos-assembler's schema; the errors, if any.
 pub fn schema_errors(doc: &Value) -> Result<Vec<String>> {
-    let schema: Value = serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/meta.schema.json"))?)?;
+    let schema: Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/meta.schema.json"))?)?;
     let v = jsonschema::draft7::new(&schema).map_err(|e| anyhow::anyhow!("schema: {e}"))?;
-    Ok(v.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path())).collect())
+    Ok(v.iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect())
 }
 
 #[test]
