@@ -1,0 +1,341 @@
+//! Benchmark: upload and fetch of a 2 GiB build (4 artifacts of 512 MiB) through
+//! S3 servers on loopback, side by side in one run with `aws s3 cp --recursive`
+//! (Debian's awscli, `/usr/bin/aws`) and with plain `cp -r` of the same files as
+//! the bound.
+//!
+//! Run: `tools/test-servers.sh s3s-fs garage && cargo bench --bench store`.
+//! Needs `/usr/bin/aws` (`apt-get install awscli`). Servers not installed are left
+//! out of the table (said on stderr). Prints a Markdown table for BENCHMARKS.md.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use camino::{Utf8Path, Utf8PathBuf};
+use cosa::meta::{Artifact, Meta};
+
+const ARTIFACTS: usize = 4;
+const ARTIFACT_SIZE: usize = 512 << 20;
+const RUNS: usize = 2;
+const BUCKET: &str = "bench";
+const AWS: &str = "/usr/bin/aws";
+
+fn tools() -> Utf8PathBuf {
+    let base = std::env::var("COSA_TEST_TOOLS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Utf8PathBuf::from)
+        .unwrap_or_else(|| {
+            Utf8PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/cosa-test-tools")
+        });
+    base.join("v1")
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let out = cmd.stdout(Stdio::null()).output().context("spawning")?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn best(mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
+    let mut v = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed());
+    }
+    v.into_iter().min().context("no runs")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+struct Server {
+    name: &'static str,
+    child: std::process::Child,
+    endpoint: String,
+    region: &'static str,
+    key: &'static str,
+    secret: &'static str,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &'static str, dir: &Utf8Path) -> Result<Option<Server>> {
+    let port = free_port()?;
+    let root = dir.join(name);
+    std::fs::create_dir_all(&root)?;
+    let (child, region, key, secret) = match name {
+        "s3s-fs" => {
+            let bin = tools().join("bin/s3s-fs");
+            if !bin.is_file() {
+                return Ok(None);
+            }
+            std::fs::create_dir_all(root.join(BUCKET))?;
+            let c = Command::new(bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", "AKBENCH", "--secret-key", "SKBENCH"])
+                .arg(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            (c, "us-east-1", "AKBENCH", "SKBENCH")
+        }
+        _ => {
+            let bin = tools().join("bin/garage");
+            if !bin.is_file() {
+                return Ok(None);
+            }
+            let rpc = free_port()?;
+            let cfg = root.join("garage.toml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "metadata_dir = \"{root}/meta\"\ndata_dir = \"{root}/data\"\ndb_engine = \"sqlite\"\n\
+                     replication_factor = 1\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                     rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{}\"\n\
+                     [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{port}\"\n\
+                     root_domain = \".s3.garage.localhost\"\n",
+                    "cd".repeat(32)
+                ),
+            )?;
+            let c = Command::new(bin)
+                .arg("-c")
+                .arg(&cfg)
+                .args(["server", "--single-node", "--default-bucket"])
+                .env("GARAGE_DEFAULT_ACCESS_KEY", "GK00112233445566778899aabb")
+                .env("GARAGE_DEFAULT_SECRET_KEY", "ee".repeat(32))
+                .env("GARAGE_DEFAULT_BUCKET", BUCKET)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            (
+                c,
+                "garage",
+                "GK00112233445566778899aabb",
+                "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee",
+            )
+        }
+    };
+    let s = Server {
+        name,
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region,
+        key,
+        secret,
+    };
+    // Ready when the aws CLI can list the bucket.
+    let cfg = dir.join("aws-config");
+    loop {
+        let ok = aws(&s, &cfg)
+            .args(["s3", "ls", &format!("s3://{BUCKET}/")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(Some(s))
+}
+
+fn env(s: &Server, c: &mut Command) {
+    c.env("AWS_ACCESS_KEY_ID", s.key)
+        .env("AWS_SECRET_ACCESS_KEY", s.secret)
+        .env("AWS_REGION", s.region)
+        .env("AWS_DEFAULT_REGION", s.region)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_PROFILE");
+}
+
+fn aws(s: &Server, cfg: &Utf8Path) -> Command {
+    let mut c = Command::new(AWS);
+    env(s, &mut c);
+    c.env("AWS_CONFIG_FILE", cfg)
+        .args(["--endpoint-url", &s.endpoint]);
+    c
+}
+
+fn cosa(s: &Server, name: &str) -> Command {
+    let path = match name {
+        "cosa-upload" => env!("CARGO_BIN_EXE_cosa-upload"),
+        _ => env!("CARGO_BIN_EXE_cosa-fetch"),
+    };
+    let mut c = Command::new(path);
+    env(s, &mut c);
+    c.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_ENDPOINT_URL", &s.endpoint)
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn mibs(d: Duration) -> f64 {
+    (ARTIFACTS * ARTIFACT_SIZE) as f64 / 1048576.0 / d.as_secs_f64()
+}
+
+fn main() -> Result<()> {
+    if !Utf8Path::new(AWS).exists() {
+        bail!("{AWS} is missing: apt-get install awscli");
+    }
+    let td = tempfile::Builder::new()
+        .prefix("cosa-bench-store-")
+        .tempdir_in("/var/tmp")?;
+    let dir = Utf8PathBuf::from_path_buf(td.path().to_path_buf())
+        .map_err(|p| anyhow::anyhow!("non-UTF-8 {}", p.display()))?;
+    std::fs::write(
+        dir.join("aws-config"),
+        "[default]\ns3 =\n    addressing_style = path\n",
+    )?;
+
+    // The build: 4 × 512 MiB of random bytes, with meta.json and builds.json.
+    let wd = cosa::workdir::Workdir::init(dir.join("wd"))?;
+    let (id, arch) = ("1.0", "x86_64");
+    let arch_dir = wd.build_arch_dir(id, arch)?;
+    std::fs::create_dir_all(&arch_dir)?;
+    let mut meta: Meta = serde_json::from_value(serde_json::json!({
+        "buildid": id, "name": "bench", "ostree-commit": "a".repeat(64),
+        "ostree-version": id, "ostree-timestamp": "2026-01-01T00:00:00Z",
+    }))?;
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut buf = vec![0u8; ARTIFACT_SIZE];
+    for i in 0..ARTIFACTS {
+        rng.fill(&mut buf);
+        let name = format!("bench-{id}-p{i}.{arch}.raw");
+        std::fs::write(arch_dir.join(&name), &buf)?;
+        let (sha256, size) = cosa::fsutil::sha256_file(&arch_dir.join(&name))?;
+        meta.images.insert(
+            format!("p{i}"),
+            Artifact {
+                path: name,
+                sha256,
+                size: Some(size),
+                uncompressed_sha256: None,
+                uncompressed_size: None,
+                skip_compression: None,
+                extra: Default::default(),
+            },
+        );
+    }
+    drop(buf);
+    let lock = wd.lock()?;
+    wd.write_meta(&meta, arch, &lock)?;
+    let mut b = wd.read_builds()?;
+    b.insert(id, arch)?;
+    wd.write_builds(&b, &lock)?;
+    wd.set_latest(Some(id), &lock)?;
+    drop(lock);
+
+    let cp = best(|| {
+        let dest = dir.join("cp");
+        let _ = std::fs::remove_dir_all(&dest);
+        run_ok(Command::new("cp").arg("-r").arg(&arch_dir).arg(&dest))
+    })?;
+    let _ = std::fs::remove_dir_all(dir.join("cp"));
+    let mut rows = vec![format!(
+        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | – |",
+        cp.as_secs_f64(),
+        mibs(cp)
+    )];
+
+    for name in ["s3s-fs", "garage"] {
+        let Some(s) = start(name, &dir)? else {
+            eprintln!("{name} is not installed: left out (tools/test-servers.sh {name})");
+            continue;
+        };
+        let cfg = dir.join("aws-config");
+        let mut run_no = 0;
+        let cosa_up = best(|| {
+            run_no += 1;
+            run_ok(cosa(&s, "cosa-upload").args([
+                "--workdir",
+                wd.root().as_str(),
+                "--url",
+                &format!("s3://{BUCKET}/cosa{run_no}"),
+            ]))
+        })?;
+        let mut run_no = 0;
+        let aws_up = best(|| {
+            run_no += 1;
+            run_ok(aws(&s, &cfg).args([
+                "s3",
+                "cp",
+                "--recursive",
+                "--quiet",
+                arch_dir.as_str(),
+                &format!("s3://{BUCKET}/aws{run_no}/{id}/{arch}/"),
+            ]))
+        })?;
+        let cosa_down = best(|| {
+            let dest = dir.join("fetch");
+            let _ = std::fs::remove_dir_all(&dest);
+            let w = cosa::workdir::Workdir::init(dest.clone())?;
+            run_ok(cosa(&s, "cosa-fetch").args([
+                "--workdir",
+                w.root().as_str(),
+                "--url",
+                &format!("s3://{BUCKET}/cosa1"),
+                "--arch",
+                arch,
+                "--artifact",
+                "all",
+            ]))
+        })?;
+        let aws_down = best(|| {
+            let dest = dir.join("awsfetch");
+            let _ = std::fs::remove_dir_all(&dest);
+            run_ok(aws(&s, &cfg).args([
+                "s3",
+                "cp",
+                "--recursive",
+                "--quiet",
+                &format!("s3://{BUCKET}/aws1/{id}/{arch}/"),
+                dest.as_str(),
+            ]))
+        })?;
+        let _ = std::fs::remove_dir_all(dir.join("fetch"));
+        let _ = std::fs::remove_dir_all(dir.join("awsfetch"));
+        for (op, c, a) in [("upload", cosa_up, aws_up), ("fetch", cosa_down, aws_down)] {
+            rows.push(format!(
+                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2}× of cp |",
+                a.as_secs_f64(),
+                mibs(a),
+                mibs(a) / mibs(cp)
+            ));
+            rows.push(format!(
+                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2}× of cp |",
+                if op == "upload" { "upload" } else { "fetch (sha256-verified)" },
+                c.as_secs_f64(),
+                mibs(c),
+                mibs(c) / mibs(a),
+                mibs(c) / mibs(cp)
+            ));
+        }
+        eprintln!("{} done", s.name);
+    }
+    println!(
+        "2 GiB build ({ARTIFACTS} × {} MiB), best of {RUNS} runs each\n",
+        ARTIFACT_SIZE >> 20
+    );
+    println!("| operation | time | throughput | ratio to peer | ratio to cp |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!("{r}");
+    }
+    Ok(())
+}

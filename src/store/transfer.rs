@@ -1,0 +1,283 @@
+//! Downloading an object to a local file, verified by sha256 while it streams.
+//!
+//! The bytes go to `.cosa-tmp.<name>.partial` beside the final name; only a file
+//! whose size and sha256 match is synced and renamed into place, so a partial or
+//! corrupt file never sits under its final name. A rerun continues a partial file
+//! from where it stopped (its bytes so far are hashed again first), and a final
+//! file that already matches is not fetched again.
+//!
+//! Ranged stores (S3, file) are read as parallel ranged GETs of `part_size` bytes,
+//! consumed in order, so hashing stays sequential; http(s) is one stream that is
+//! reopened at the current offset after a transient failure.
+
+use std::io::{Read, Write};
+use std::pin::Pin;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use camino::{Utf8Path, Utf8PathBuf};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+
+use super::Client;
+use super::retry::{self, ATTEMPTS, is_transient, retry};
+use crate::fsutil::{TMP_PREFIX, fsync_dir};
+
+pub type ByteChunks = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// What a downloaded file must be.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub sha256: String,
+    pub size: Option<u64>,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Already present and verified: not fetched.
+    Present,
+    /// Fetched (`bytes` over the network).
+    Fetched { bytes: u64 },
+}
+
+/// The temporary name a download of `dest` is written under.
+pub fn partial_path(dest: &Utf8Path) -> Utf8PathBuf {
+    let name = dest.file_name().unwrap_or("download");
+    dest.with_file_name(format!("{TMP_PREFIX}{name}.partial"))
+}
+
+struct Sink {
+    file: std::fs::File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl Sink {
+    /// Write and hash a chunk (in segments) off the async threads.
+    async fn push(mut self, segments: Vec<Bytes>) -> Result<Self> {
+        tokio::task::spawn_blocking(move || -> Result<Self> {
+            for b in &segments {
+                self.file.write_all(b)?;
+                self.hasher.update(b);
+                self.written += b.len() as u64;
+            }
+            Ok(self)
+        })
+        .await
+        .context("writing task failed")?
+    }
+}
+
+/// sha256 of a local file, off the async threads.
+pub async fn sha256_file(p: &Utf8Path) -> Result<(String, u64)> {
+    let p = p.to_owned();
+    tokio::task::spawn_blocking(move || crate::fsutil::sha256_file(&p))
+        .await
+        .context("hashing task failed")?
+}
+
+/// Download `key` to `dest`, verified against `exp`.
+pub async fn download_verified(
+    client: &Client,
+    key: &str,
+    dest: &Utf8Path,
+    exp: &Expected,
+    jobs: usize,
+    part_size: u64,
+) -> Result<Fetch> {
+    let what = client.describe(key);
+    // A verified file is not fetched again.
+    if let Ok(m) = std::fs::metadata(dest)
+        && m.is_file()
+        && exp.size.is_none_or(|s| s == m.len())
+        && sha256_file(dest).await?.0 == exp.sha256
+    {
+        return Ok(Fetch::Present);
+    }
+    let size = match exp.size {
+        Some(s) => s,
+        None => {
+            client
+                .head(key)
+                .await?
+                .with_context(|| format!("{what}: not found in the store"))?
+                .size
+        }
+    };
+    let part = partial_path(dest);
+    let sink = resume(&part, size).await?;
+    let start = sink.written;
+    if start > 0 {
+        tracing::info!("{what}: resuming at byte {start} of {size}");
+    }
+    let sink = if client.ranged() {
+        fetch_ranged(client, key, sink, size, jobs.max(1), part_size.max(1 << 20)).await?
+    } else {
+        fetch_streamed(client, key, sink, size).await?
+    };
+    let Sink {
+        file,
+        hasher,
+        written,
+    } = sink;
+    if written != size {
+        bail!("{what}: truncated: {written} of {size} bytes");
+    }
+    let got = hex::encode(hasher.finalize());
+    if got != exp.sha256 {
+        drop(file);
+        let _ = std::fs::remove_file(&part);
+        bail!(
+            "{what}: sha256 mismatch: expected {}, got {got} (not written to {dest})",
+            exp.sha256
+        );
+    }
+    file.sync_all().with_context(|| format!("syncing {part}"))?;
+    drop(file);
+    std::fs::rename(&part, dest).with_context(|| format!("renaming {part} to {dest}"))?;
+    if let Some(d) = dest.parent() {
+        fsync_dir(d)?;
+    }
+    Ok(Fetch::Fetched {
+        bytes: size - start,
+    })
+}
+
+/// Open the partial file, hashing what it already holds (a partial file longer than
+/// the object is started over).
+async fn resume(part: &Utf8Path, size: u64) -> Result<Sink> {
+    let part = part.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<Sink> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&part)
+            .with_context(|| format!("opening {part}"))?;
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading {part}"))?
+            .len();
+        let mut hasher = Sha256::new();
+        let mut written = 0;
+        if len > size {
+            file.set_len(0)
+                .with_context(|| format!("truncating {part}"))?;
+        } else if len > 0 {
+            let mut r = std::fs::File::open(&part).with_context(|| format!("opening {part}"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {part}"))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                written += n as u64;
+            }
+        }
+        Ok(Sink {
+            file,
+            hasher,
+            written,
+        })
+    })
+    .await
+    .context("opening task failed")?
+}
+
+async fn fetch_ranged(
+    client: &Client,
+    key: &str,
+    mut sink: Sink,
+    size: u64,
+    jobs: usize,
+    part_size: u64,
+) -> Result<Sink> {
+    let mut ranges = Vec::new();
+    let mut off = sink.written;
+    while off < size {
+        let len = part_size.min(size - off);
+        ranges.push((off, len));
+        off += len;
+    }
+    // Each range is its own task, so that requests keep flowing while a chunk is
+    // written and hashed; chunks are consumed in order.
+    let mut chunks = futures::stream::iter(ranges)
+        .map(|(start, len)| {
+            let (client, key) = (client.clone(), key.to_string());
+            Task(tokio::spawn(async move {
+                retry(|| client.get_range(&key, start, len)).await
+            }))
+        })
+        .buffered(jobs);
+    while let Some(b) = chunks.next().await {
+        let b = b.context("download task failed")??;
+        sink = sink.push(b).await?;
+    }
+    Ok(sink)
+}
+
+/// A spawned task that is aborted when dropped (e.g. when another range failed).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Task<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+async fn fetch_streamed(client: &Client, key: &str, mut sink: Sink, size: u64) -> Result<Sink> {
+    let what = client.describe(key);
+    let mut failures = 0;
+    'open: loop {
+        let mut s = retry(|| client.get_stream(key, sink.written)).await?;
+        while let Some(c) = s.next().await {
+            match c {
+                Ok(b) => {
+                    if sink.written + b.len() as u64 > size {
+                        bail!("{what}: larger than the expected {size} bytes");
+                    }
+                    sink = sink.push(vec![b]).await?;
+                }
+                Err(e) if is_transient(&e) && failures + 1 < ATTEMPTS => {
+                    failures += 1;
+                    let d = retry::backoff(failures);
+                    tracing::warn!(
+                        "{e:#}; resuming at byte {} in {} ms ({failures}/{})",
+                        sink.written,
+                        d.as_millis(),
+                        ATTEMPTS - 1
+                    );
+                    tokio::time::sleep(d).await;
+                    continue 'open;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // A body that ends early without an error (no Content-Length) is reopened too.
+        if sink.written < size && failures + 1 < ATTEMPTS {
+            failures += 1;
+            tracing::warn!(
+                "{what}: body ended at byte {} of {size}; resuming ({failures}/{})",
+                sink.written,
+                ATTEMPTS - 1
+            );
+            tokio::time::sleep(retry::backoff(failures)).await;
+            continue 'open;
+        }
+        return Ok(sink);
+    }
+}

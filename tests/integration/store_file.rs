@@ -1,0 +1,403 @@
+//! cosa-upload and cosa-fetch with a file:// store (and plain paths): round trip,
+//! concurrency, pruning, the local builds.json guard, --dry-run, --artifact,
+//! --find-build-for-arch, --decompress and hostile store contents.
+
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use cosa::builds::BuildsJson;
+use sha2::{Digest, Sha256};
+
+use crate::common::{Run, TestWorkdir, bin, run, utf8};
+use crate::store_util::{assert_same_tree, make_build};
+
+fn cosa(name: &str, t: &TestWorkdir) -> Command {
+    let mut c = bin(name);
+    c.arg("--workdir").arg(t.root().as_str());
+    c
+}
+
+fn ok(r: Run) -> Run {
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    r
+}
+
+fn store_dir() -> Result<(tempfile::TempDir, Utf8PathBuf)> {
+    let td = tempfile::tempdir()?;
+    let p = utf8(td.path())?;
+    Ok((td, p))
+}
+
+fn read_store_builds(dir: &Utf8Path) -> Result<BuildsJson> {
+    BuildsJson::parse(&std::fs::read(dir.join("builds.json"))?, "builds.json")
+}
+
+#[test]
+fn round_trip_and_skip() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let url = format!("file://{store}");
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1.0", "x86_64", &[5 << 20, 10, 0])?;
+    let r = ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    assert!(r.stdout.contains("uploaded=5\nskipped=0"), "{}", r.stdout);
+    // The recorded sha256 (an xattr here) spares the second copy.
+    let r = ok(run(cosa("cosa-upload", &t).args(["--url", store.as_str()]))?);
+    assert!(r.stdout.contains("skipped=3"), "{}", r.stdout);
+    assert_same_tree(
+        &t.wd.build_arch_dir("1.0", "x86_64")?,
+        &store.join("1.0/x86_64"),
+    )?;
+    let t2 = TestWorkdir::new()?;
+    ok(run(cosa("cosa-fetch", &t2).args([
+        "--url",
+        &url,
+        "--artifact",
+        "all",
+        "--arch",
+        "x86_64",
+    ]))?);
+    assert_same_tree(
+        &t.wd.build_arch_dir("1.0", "x86_64")?,
+        &t2.wd.build_arch_dir("1.0", "x86_64")?,
+    )?;
+    // A rerun fetches nothing: every file is verified in place.
+    let r = ok(run(cosa("cosa-fetch", &t2).args([
+        "--url",
+        &url,
+        "--artifact",
+        "all",
+        "--arch",
+        "x86_64",
+    ]))?);
+    assert_eq!(
+        r.stderr.matches("already here and verified").count(),
+        3,
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn concurrent_uploaders_file_store() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let arches = ["x86_64", "aarch64"];
+    let mut wds = Vec::new();
+    for i in 0..16 {
+        let t = TestWorkdir::new()?;
+        t.add_build(&format!("{}.0", i / 2 + 1), arches[i % 2])?;
+        wds.push(t);
+    }
+    for round in 0..10 {
+        let dir = store.join(round.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let children = wds
+            .iter()
+            .map(|t| {
+                cosa("cosa-upload", t)
+                    .args(["--url", dir.as_str()])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .context("starting cosa-upload")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for c in children {
+            let o = c.wait_with_output()?;
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let b = read_store_builds(&dir)?;
+        for i in 0..16 {
+            assert!(
+                b.has(&format!("{}.0", i / 2 + 1), arches[i % 2]),
+                "round {round}: {:?}",
+                b.builds
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn prune_tombstones_then_deletes() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let t = TestWorkdir::new()?;
+    for id in ["1", "2", "3", "4"] {
+        make_build(&t, id, "x86_64", &[100])?;
+        ok(run(cosa("cosa-upload", &t).args(["--url", store.as_str()]))?);
+    }
+    let r = ok(run(bin("cosa-upload").args([
+        "prune",
+        "--url",
+        store.as_str(),
+        "--keep-last-n",
+        "2",
+        "--dry-run",
+    ]))?);
+    assert_eq!(r.stdout, "pruned=2,1\n");
+    assert!(store.join("1/x86_64/meta.json").exists());
+    let r = ok(run(bin("cosa-upload").args([
+        "prune",
+        "--url",
+        store.as_str(),
+        "--keep-last-n",
+        "2",
+    ]))?);
+    assert_eq!(r.stdout, "pruned=2,1\n");
+    let b = read_store_builds(&store)?;
+    let ids: Vec<_> = b.builds.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["4", "3"]);
+    let tomb: Vec<_> = b.extra["tombstone-builds"]
+        .as_array()
+        .context("tombstone-builds")?
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(tomb, ["2", "1"]);
+    assert!(!store.join("1").exists() && !store.join("2").exists());
+    assert!(store.join("3/x86_64/meta.json").exists());
+    Ok(())
+}
+
+#[test]
+fn fetch_guards_local_builds_and_moves_latest() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1", "x86_64", &[10])?;
+    make_build(&t, "2", "x86_64", &[10])?;
+    ok(run(cosa("cosa-upload", &t).args([
+        "--url",
+        store.as_str(),
+        "--build",
+        "1",
+    ]))?);
+    ok(run(cosa("cosa-upload", &t).args([
+        "--url",
+        store.as_str(),
+        "--build",
+        "2",
+    ]))?);
+
+    // A work directory with a build the store lacks is not overwritten.
+    let t2 = TestWorkdir::new()?;
+    t2.add_build("9", "x86_64")?;
+    let r = run(cosa("cosa-fetch", &t2).args(["--url", store.as_str(), "--arch", "x86_64"]))?;
+    assert_eq!(r.code, 1);
+    assert!(r.error_line().contains("9/x86_64"), "{}", r.stderr);
+    assert!(t2.wd.read_builds()?.has("9", "x86_64"));
+    ok(run(cosa("cosa-fetch", &t2).args([
+        "--url",
+        store.as_str(),
+        "--arch",
+        "x86_64",
+        "--force",
+    ]))?);
+    assert_eq!(t2.wd.latest_id()?.as_deref(), Some("2"));
+
+    // An older build does not move latest.
+    let t3 = TestWorkdir::new()?;
+    let r = ok(run(cosa("cosa-fetch", &t3).args([
+        "--url",
+        store.as_str(),
+        "--arch",
+        "x86_64",
+        "--build",
+        "1",
+    ]))?);
+    assert!(r.stdout.contains("latest=false"), "{}", r.stdout);
+    assert_eq!(t3.wd.latest_id()?, None);
+    assert!(t3.wd.meta_path("1", "x86_64")?.exists());
+    // Metadata only by default.
+    assert!(
+        !t3.wd
+            .build_arch_dir("1", "x86_64")?
+            .join("example-os-1-a0.x86_64.raw")
+            .exists()
+    );
+    Ok(())
+}
+
+#[test]
+fn dry_run_artifact_subset_and_find_build_for_arch() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1", "x86_64", &[10, 20])?;
+    let r = ok(run(cosa("cosa-upload", &t).args([
+        "--url",
+        store.as_str(),
+        "--dry-run",
+    ]))?);
+    assert!(r.stderr.contains("would upload"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(&store)?.count(),
+        0,
+        "--dry-run wrote to the store"
+    );
+
+    // Only a1: the store's meta.json lists only what the store has.
+    ok(run(cosa("cosa-upload", &t).args([
+        "--url",
+        store.as_str(),
+        "--artifact",
+        "a1",
+    ]))?);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join("1/x86_64/meta.json"))?)?;
+    let keys: Vec<_> = m["images"]
+        .as_object()
+        .context("images")?
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(keys, ["a1"]);
+    let r = run(cosa("cosa-upload", &t).args(["--url", store.as_str(), "--artifact", "nope"]))?;
+    assert!(r.error_line().contains("nope"), "{}", r.stderr);
+
+    // Build 2 for aarch64 only: the newest x86_64 build is 1.
+    let t2 = TestWorkdir::new()?;
+    make_build(&t2, "2", "aarch64", &[10])?;
+    ok(run(
+        cosa("cosa-upload", &t2).args(["--url", store.as_str()])
+    )?);
+    let t3 = TestWorkdir::new()?;
+    let r = run(cosa("cosa-fetch", &t3).args(["--url", store.as_str(), "--arch", "x86_64"]))?;
+    assert!(
+        r.error_line().contains("--find-build-for-arch"),
+        "{}",
+        r.stderr
+    );
+    let r = ok(run(cosa("cosa-fetch", &t3).args([
+        "--url",
+        store.as_str(),
+        "--arch",
+        "x86_64",
+        "--find-build-for-arch",
+    ]))?);
+    assert!(r.stdout.contains("build=1\n"), "{}", r.stdout);
+    let r = ok(run(cosa("cosa-fetch", &t3).args([
+        "--url",
+        store.as_str(),
+        "--arch",
+        "all",
+    ]))?);
+    assert!(
+        r.stdout.contains("build=2\narches=aarch64\n"),
+        "{}",
+        r.stdout
+    );
+    Ok(())
+}
+
+#[test]
+fn decompress() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let t = TestWorkdir::new()?;
+    let meta = make_build(&t, "1", "x86_64", &[100_000])?;
+    // Compress a0 as `cosa compress` would, and record it in meta.json.
+    let dir = t.wd.build_arch_dir("1", "x86_64")?;
+    let raw = &meta.images["a0"].path;
+    let st = Command::new("xz")
+        .args(["-k", "-T1"])
+        .arg(dir.join(raw))
+        .status()?;
+    assert!(st.success());
+    std::fs::remove_file(dir.join(raw))?;
+    let xz = format!("{raw}.xz");
+    let data = std::fs::read(dir.join(&xz))?;
+    let mut m = meta.clone();
+    let a = m.images.get_mut("a0").context("a0")?;
+    a.uncompressed_sha256 = Some(a.sha256.clone());
+    a.uncompressed_size = a.size;
+    a.path = xz.clone();
+    a.sha256 = hex::encode(Sha256::digest(&data));
+    a.size = Some(data.len() as u64);
+    let lock = t.wd.lock()?;
+    t.wd.write_meta(&m, "x86_64", &lock)?;
+    drop(lock);
+    ok(run(cosa("cosa-upload", &t).args(["--url", store.as_str()]))?);
+
+    let t2 = TestWorkdir::new()?;
+    ok(run(cosa("cosa-fetch", &t2).args([
+        "--url",
+        store.as_str(),
+        "--arch",
+        "x86_64",
+        "--artifact",
+        "a0",
+        "--decompress",
+    ]))?);
+    let d2 = t2.wd.build_arch_dir("1", "x86_64")?;
+    assert!(!d2.join(&xz).exists());
+    let got = t2.wd.read_meta("1", "x86_64")?;
+    assert_eq!(got.images["a0"].path, *raw);
+    assert_eq!(got.images["a0"].sha256, meta.images["a0"].sha256);
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(d2.join(raw))?)),
+        meta.images["a0"].sha256
+    );
+    Ok(())
+}
+
+#[test]
+fn hostile_store_contents() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1", "x86_64", &[10])?;
+    ok(run(cosa("cosa-upload", &t).args(["--url", store.as_str()]))?);
+    let fetch = |t: &TestWorkdir| {
+        run(cosa("cosa-fetch", t).args([
+            "--url",
+            store.as_str(),
+            "--arch",
+            "x86_64",
+            "--artifact",
+            "all",
+        ]))
+    };
+
+    // Traversal in an artifact path of the store's meta.json.
+    let mp = store.join("1/x86_64/meta.json");
+    let good = std::fs::read(&mp)?;
+    let mut m: serde_json::Value = serde_json::from_slice(&good)?;
+    m["images"]["a0"]["path"] = "../../../../escape".into();
+    std::fs::write(&mp, serde_json::to_vec(&m)?)?;
+    let t2 = TestWorkdir::new()?;
+    let r = fetch(&t2)?;
+    assert_eq!(r.code, 1);
+    assert!(r.error_line().contains("images.a0"), "{}", r.stderr);
+    // A meta.json for another build.
+    m["images"]["a0"]["path"] = "x".into();
+    m["buildid"] = "2".into();
+    std::fs::write(&mp, serde_json::to_vec(&m)?)?;
+    assert!(fetch(&t2)?.error_line().contains("buildid"));
+    std::fs::write(&mp, &good)?;
+
+    // Traversal in builds.json.
+    let bp = store.join("builds.json");
+    std::fs::write(
+        &bp,
+        r#"{"schema-version":"1.0.0","builds":[{"id":"../../..","arches":["x86_64"]}]}"#,
+    )?;
+    let r = fetch(&t2)?;
+    assert!(r.error_line().contains("invalid build ID"), "{}", r.stderr);
+    // Garbage.
+    std::fs::write(&bp, "{\"schema-version\": \"1.0.0\", \"builds\": [")?;
+    assert!(fetch(&t2)?.error_line().contains("builds.json:1:"));
+    // Nothing was written outside the work directory's builds/.
+    assert!(
+        !t2.root()
+            .parent()
+            .context("parent")?
+            .join("escape")
+            .exists()
+    );
+    assert!(t2.wd.read_builds()?.builds.is_empty());
+
+    // An unknown scheme, and a missing store.
+    let r = run(cosa("cosa-fetch", &t2).args(["--url", "ftp://h/x"]))?;
+    assert!(r.error_line().contains("ftp://"));
+    let r = run(cosa("cosa-upload", &t).args(["--url", "/nonexistent/store"]))?;
+    assert!(r.error_line().contains("no such directory"), "{}", r.stderr);
+    Ok(())
+}
