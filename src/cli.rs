@@ -57,8 +57,19 @@ fn init_logging(verbose: u8) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The AWS SDK traces signing inputs (the access key ID among them) at trace level:
+    // those crates never log below debug, whatever RUST_LOG says. Secrets stay out of logs.
+    for d in [
+        "aws_sigv4=debug",
+        "aws_smithy_runtime=debug",
+        "aws_smithy_runtime_api=debug",
+    ] {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -109,5 +120,8 @@ mod tests {
     fn command_lines_are_well_formed() {
         crate::changed::Args::command().debug_assert();
         crate::compose::Args::command().debug_assert();
+        crate::image::Args::command().debug_assert();
+        crate::fetch::Args::command().debug_assert();
+        crate::upload::Args::command().debug_assert();
     }
 }
