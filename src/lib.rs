@@ -26,6 +26,7 @@ pub mod ci;
 pub mod cli;
 pub mod cmd;
 pub mod compose;
+pub mod extend;
 pub mod fetch;
 pub mod fsutil;
 pub mod image;

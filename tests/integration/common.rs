@@ -78,6 +78,7 @@ pub fn bin(name: &str) -> Command {
         "cosa-changed" => env!("CARGO_BIN_EXE_cosa-changed"),
         "cosa-compose" => env!("CARGO_BIN_EXE_cosa-compose"),
         "cosa-image" => env!("CARGO_BIN_EXE_cosa-image"),
+        "cosa-extend" => env!("CARGO_BIN_EXE_cosa-extend"),
         "cosa-fetch" => env!("CARGO_BIN_EXE_cosa-fetch"),
         "cosa-upload" => env!("CARGO_BIN_EXE_cosa-upload"),
         other => panic!("unknown binary {other}"),

@@ -6,6 +6,7 @@ mod changed;
 mod common;
 mod compose;
 mod example;
+mod extend;
 mod gitlab;
 mod http;
 mod image;
