@@ -51,6 +51,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   $SUDO apt-get install -y -q --allow-downgrades "${args[@]}"
 fi
+# Installing qemu-system can remove a preinstalled, newer qemu-utils (a backport):
+# put back the one from qemu-system's own release.
+if ! command -v qemu-img >/dev/null; then
+  qemu_ver=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+  echo "==> installing qemu-utils${qemu_ver:+=$qemu_ver}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q --allow-downgrades "qemu-utils${qemu_ver:+=$qemu_ver}"
+fi
 
 for tool in ostree dnf rpmbuild createrepo_c mkfs.ext4 sfdisk mcopy qemu-img qemu-system-x86_64 xorriso; do
   command -v "$tool" >/dev/null || { echo "error: $tool is still missing after install" >&2; exit 1; }
