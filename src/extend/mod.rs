@@ -50,7 +50,7 @@ use self::platforms::{LIVE_KEYS, Output, OvaFlavor, PlatformSpec};
 use crate::fsutil::TMP_PREFIX;
 use crate::image::Platform as ImagePlatform;
 use crate::image::config::ImageConfig;
-use crate::image::privilege::AsRoot;
+use crate::image::privilege::{AsRoot, Scratch};
 use crate::meta::{Artifact, Meta};
 use crate::names::artifact_name;
 use crate::workdir::Workdir;
@@ -91,49 +91,6 @@ struct Pending {
     tmp: tempfile::NamedTempFile,
     final_name: String,
     artifact: Artifact,
-}
-
-/// A scratch directory under `tmp/`, removed when done (also on failure).
-struct Scratch {
-    path: Utf8PathBuf,
-    asroot: AsRoot,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(parent: &Utf8Path, name: &str, asroot: AsRoot) -> Result<Self> {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        let td = tempfile::Builder::new()
-            .prefix(&format!("{TMP_PREFIX}{name}."))
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a scratch directory in {parent}"))?;
-        let path = Utf8PathBuf::from_path_buf(td.keep())
-            .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
-        Ok(Scratch {
-            path,
-            asroot,
-            keep: std::env::var_os("COSA_EXTEND_KEEP_SCRATCH").is_some(),
-        })
-    }
-
-    fn close(mut self) -> Result<()> {
-        if self.keep {
-            tracing::info!("keeping {}", self.path);
-            return Ok(());
-        }
-        self.keep = true;
-        self.asroot.remove_tree(&self.path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep
-            && let Err(e) = self.asroot.remove_tree(&self.path)
-        {
-            tracing::warn!("{e:#}");
-        }
-    }
 }
 
 /// The name of a file without a suffix, coreos-assembler's `live-kernel` naming
@@ -541,7 +498,12 @@ pub fn extend(wd: &Workdir, req: &Request) -> Result<Made> {
 
     crate::fsutil::remove_stale_tmp(&arch_dir)?;
     let t0 = Instant::now();
-    let scratch = Scratch::new(&wd.tmp_dir(), &format!("extend-{id}-{arch}"), asroot)?;
+    let scratch = Scratch::new(
+        &wd.tmp_dir(),
+        &format!("extend-{id}-{arch}"),
+        asroot,
+        "COSA_EXTEND_KEEP_SCRATCH",
+    )?;
     let repo = wd.repo_dir();
     crate::image::commit::ensure_commit(
         &repo,

@@ -33,7 +33,7 @@ use super::disk::{self, Ext4};
 use super::gpt;
 use super::grub::{self, GrubSource};
 use super::layout::{self, DISK_GUID, Layout, MIB, Role};
-use super::privilege::AsRoot;
+use super::privilege::{AsRoot, Scratch};
 use crate::fsutil::TMP_PREFIX;
 use crate::meta::{Artifact, Meta};
 use crate::names::artifact_name;
@@ -223,49 +223,6 @@ pub fn sizing(t: &TreeSize) -> Sizing {
     }
 }
 
-/// A scratch directory under `tmp/`, removed when done (also on failure).
-struct Scratch {
-    path: Utf8PathBuf,
-    asroot: AsRoot,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(parent: &Utf8Path, name: &str, asroot: AsRoot) -> Result<Self> {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        let td = tempfile::Builder::new()
-            .prefix(&format!("{TMP_PREFIX}{name}."))
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a scratch directory in {parent}"))?;
-        let path = Utf8PathBuf::from_path_buf(td.keep())
-            .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
-        Ok(Scratch {
-            path,
-            asroot,
-            keep: std::env::var_os("COSA_IMAGE_KEEP_SCRATCH").is_some(),
-        })
-    }
-
-    fn close(mut self) -> Result<()> {
-        if self.keep {
-            tracing::info!("keeping {}", self.path);
-            return Ok(());
-        }
-        self.keep = true;
-        self.asroot.remove_tree(&self.path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep
-            && let Err(e) = self.asroot.remove_tree(&self.path)
-        {
-            tracing::warn!("{e:#}");
-        }
-    }
-}
-
 /// Required external tools, with the Debian package that has them.
 fn check_tools(platforms: &[Platform], asroot: AsRoot) -> Result<()> {
     let mut tools = vec![
@@ -342,7 +299,12 @@ pub fn build(wd: &Workdir, req: &Request) -> Result<Made> {
     check_tools(&todo, asroot)?;
 
     let repo = wd.repo_dir();
-    let scratch = Scratch::new(&wd.tmp_dir(), &format!("image-{id}-{arch}"), asroot)?;
+    let scratch = Scratch::new(
+        &wd.tmp_dir(),
+        &format!("image-{id}-{arch}"),
+        asroot,
+        "COSA_IMAGE_KEEP_SCRATCH",
+    )?;
     let t0 = Instant::now();
     commit::ensure_commit(&repo, &meta, arch, &arch_dir, &scratch.path.join("import"))?;
     let commit = meta.ostree_commit.clone();

@@ -151,3 +151,49 @@ mod tests {
         assert_eq!(sh_quote("a b"), "'a b'");
     }
 }
+
+/// A scratch directory under `tmp/` holding files made as (mapped) root, removed
+/// when done, also on failure. Setting the environment variable `keep_var` keeps it
+/// for debugging.
+pub struct Scratch {
+    pub path: Utf8PathBuf,
+    asroot: AsRoot,
+    keep: bool,
+}
+
+impl Scratch {
+    pub fn new(parent: &Utf8Path, name: &str, asroot: AsRoot, keep_var: &str) -> Result<Self> {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
+        let td = tempfile::Builder::new()
+            .prefix(&format!("{}{name}.", crate::fsutil::TMP_PREFIX))
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a scratch directory in {parent}"))?;
+        let path = Utf8PathBuf::from_path_buf(td.keep())
+            .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+        Ok(Scratch {
+            path,
+            asroot,
+            keep: std::env::var_os(keep_var).is_some(),
+        })
+    }
+
+    /// Remove it now, reporting a failure.
+    pub fn close(mut self) -> Result<()> {
+        if self.keep {
+            tracing::info!("keeping {}", self.path);
+            return Ok(());
+        }
+        self.keep = true;
+        self.asroot.remove_tree(&self.path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = self.asroot.remove_tree(&self.path)
+        {
+            tracing::warn!("{e:#}");
+        }
+    }
+}

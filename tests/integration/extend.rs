@@ -775,7 +775,10 @@ fn live_iso_boots_with_seabios_and_ovmf_and_pxe() -> Result<()> {
     );
     // PXE: initramfs with the rootfs appended.
     let pxe = scratch.join("pxe.img");
+    // As a boot loader loads a second initrd: at a 4-byte boundary (the kernel only
+    // takes an uncompressed cpio that starts 4-byte aligned after a compressed one).
     let mut data = std::fs::read(&initramfs)?;
+    data.resize(data.len().next_multiple_of(4), 0);
     data.extend(std::fs::read(&rootfs)?);
     std::fs::write(&pxe, data)?;
     let got = boot(
