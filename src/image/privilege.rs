@@ -139,19 +139,6 @@ fn clear_immutable_dirs(dir: &Utf8Path, depth: u32) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(sh_quote("a/b=c"), "a/b=c");
-        assert_eq!(sh_quote("it's"), "'it'\\''s'");
-        assert_eq!(sh_quote(""), "''");
-        assert_eq!(sh_quote("a b"), "'a b'");
-    }
-}
-
 /// A scratch directory under `tmp/` holding files made as (mapped) root, removed
 /// when done, also on failure. Setting the environment variable `keep_var` keeps it
 /// for debugging.
@@ -195,5 +182,18 @@ impl Drop for Scratch {
         {
             tracing::warn!("{e:#}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(sh_quote("a/b=c"), "a/b=c");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        assert_eq!(sh_quote(""), "''");
+        assert_eq!(sh_quote("a b"), "'a b'");
     }
 }
