@@ -512,13 +512,23 @@ impl Client {
         }
     }
 
-    /// Upload a local file (multipart with parallel parts when it is big).
+    /// Upload a local file (multipart with parallel parts when it is big). When
+    /// `meta` records a sha256, the file is hashed again while it is sent and the
+    /// object only becomes visible (PUT sent, multipart upload completed) once the
+    /// file proved to match it.
     pub async fn put_file(&self, key: &str, path: &Utf8Path, meta: &PutMeta) -> Result<()> {
         self.check_writable()?;
+        let check = meta.sha256.as_deref().map(|s| LocalCheck::start(path, s));
         match self {
-            Self::File(f) => f.put_file(key, path, meta).await,
-            Self::S3(s) => s.put_file(key, path, meta).await,
-            Self::Gh(g) => g.put_file(key, path, meta).await,
+            Self::File(f) => {
+                LocalCheck::wait_opt(check).await?;
+                f.put_file(key, path, meta).await
+            }
+            Self::S3(s) => s.put_file(key, path, meta, check).await,
+            Self::Gh(g) => {
+                LocalCheck::wait_opt(check).await?;
+                g.put_file(key, path, meta).await
+            }
             Self::Http(_) => unreachable_read_only(),
         }
     }
@@ -559,6 +569,50 @@ impl Client {
             Self::File(_) => Ok(true),
             Self::S3(s) => s.conditional_writes().await,
             Self::Http(_) | Self::Gh(_) => Ok(false),
+        }
+    }
+}
+
+/// A local file hashed (off the async threads) while it is being sent, so that a
+/// file changed or corrupted since the build is never published under the sha256
+/// its meta.json records.
+pub struct LocalCheck {
+    path: Utf8PathBuf,
+    sha256: String,
+    task: tokio::task::JoinHandle<Result<(String, u64)>>,
+}
+
+impl LocalCheck {
+    pub fn start(path: &Utf8Path, sha256: &str) -> Self {
+        let p = path.to_owned();
+        Self {
+            path: path.to_owned(),
+            sha256: sha256.to_string(),
+            task: tokio::task::spawn_blocking(move || crate::fsutil::sha256_file(&p)),
+        }
+    }
+
+    /// Wait for the hash: an error when the file is not what meta.json says.
+    pub async fn wait(self) -> Result<()> {
+        let (got, _) = self
+            .task
+            .await
+            .context("hashing task failed")?
+            .with_context(|| format!("hashing {}", self.path))?;
+        if got != self.sha256 {
+            bail!(
+                "{}: sha256 is {got} but meta.json records {}: the file changed since it was built; not uploaded",
+                self.path,
+                self.sha256
+            );
+        }
+        Ok(())
+    }
+
+    pub async fn wait_opt(check: Option<Self>) -> Result<()> {
+        match check {
+            Some(c) => c.wait().await,
+            None => Ok(()),
         }
     }
 }

@@ -37,7 +37,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::retry::{retry, transient};
 use super::{
-    ChecksumMode, Fetched, Listed, ObjectInfo, Precondition, PutMeta, PutResult, StoreOptions,
+    ChecksumMode, Fetched, Listed, LocalCheck, ObjectInfo, Precondition, PutMeta, PutResult,
+    StoreOptions,
 };
 
 /// Files up to this size go in one PUT; bigger ones as multipart uploads.
@@ -287,12 +288,19 @@ impl S3Store {
         }
     }
 
-    pub async fn put_file(&self, key: &str, path: &Utf8Path, meta: &PutMeta) -> Result<()> {
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Utf8Path,
+        meta: &PutMeta,
+        check: Option<LocalCheck>,
+    ) -> Result<()> {
         let what = self.describe(key);
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading {path}"))?
             .len();
         if size <= MULTIPART_THRESHOLD.max(self.part_size) {
+            LocalCheck::wait_opt(check).await?;
             let body = ByteStream::read_from()
                 .path(path)
                 .build()
@@ -312,7 +320,7 @@ impl S3Store {
                 .await
                 .map_err(|e| sdk_err(e, &what))?;
         } else {
-            self.multipart(key, path, size, meta).await?;
+            self.multipart(key, path, size, meta, check).await?;
         }
         // The object must now be what we sent.
         match self.head(key).await? {
@@ -322,8 +330,16 @@ impl S3Store {
         }
     }
 
-    async fn multipart(&self, key: &str, path: &Utf8Path, size: u64, meta: &PutMeta) -> Result<()> {
+    async fn multipart(
+        &self,
+        key: &str,
+        path: &Utf8Path,
+        size: u64,
+        meta: &PutMeta,
+        check: Option<LocalCheck>,
+    ) -> Result<()> {
         let what = self.describe(key);
+        self.abort_stale(key).await;
         // At most 10 000 parts (S3's limit).
         let part_size = self.part_size.max(size.div_ceil(10_000));
         let nparts = size.div_ceil(part_size);
@@ -390,6 +406,12 @@ impl S3Store {
                 return Err(e);
             }
         };
+        // The parts are only assembled into the object once the file proved to be
+        // what meta.json says.
+        if let Err(e) = LocalCheck::wait_opt(check).await {
+            self.abort(key, &upload_id).await;
+            return Err(e);
+        }
         parts.sort_by_key(|p| p.part_number());
         if let Err(e) = self
             .client
@@ -409,6 +431,40 @@ impl S3Store {
             return Err(sdk_err(e, &what));
         }
         Ok(())
+    }
+
+    /// Abort the unfinished multipart uploads of `key` left by an upload that was
+    /// killed (their parts would otherwise be kept, and billed, until a lifecycle
+    /// rule removes them). Best effort: a server that cannot list them is left as is.
+    async fn abort_stale(&self, key: &str) {
+        let full = self.full(key);
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await;
+        match listed {
+            Ok(l) => {
+                for u in l.uploads() {
+                    if u.key() == Some(full.as_str())
+                        && let Some(id) = u.upload_id()
+                    {
+                        tracing::info!(
+                            "{}: aborting an unfinished multipart upload from an earlier run",
+                            self.describe(key)
+                        );
+                        self.abort(key, id).await;
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(
+                "{}: cannot list unfinished multipart uploads: {}",
+                self.describe(key),
+                DisplayErrorContext(&e)
+            ),
+        }
     }
 
     /// Abort a failed multipart upload so its parts do not linger. The upload already

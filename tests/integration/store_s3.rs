@@ -429,6 +429,77 @@ fn prune(kind: Kind) -> Result<()> {
     Ok(())
 }
 
+/// A local artifact changed since it was built (its bytes no longer match the
+/// sha256 in meta.json) is not published: neither as one PUT nor as a multipart
+/// upload, and nothing after it (meta.json, builds.json) is sent. An unfinished
+/// multipart upload of the same key left by a killed run is aborted.
+fn changed_local_artifact(kind: Kind) -> Result<()> {
+    let Some(s) = S3Server::start(kind)? else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1.0", "x86_64", &[40 << 20, 1000])?;
+    let url = s.url("c");
+    let base = "c/1.0/x86_64";
+    let big = format!("{base}/example-os-1.0-a0.x86_64.raw");
+    // An unfinished multipart upload of the big artifact, as a killed run leaves.
+    let stale = rt.block_on(
+        s.sdk()
+            .create_multipart_upload()
+            .bucket(BUCKET)
+            .key(&big)
+            .send(),
+    )?;
+    let stale_id = stale.upload_id().context("upload id")?.to_string();
+    let dir = t.wd.build_arch_dir("1.0", "x86_64")?;
+    for (name, key) in [
+        (
+            "example-os-1.0-a1.x86_64.raw",
+            format!("{base}/example-os-1.0-a1.x86_64.raw"),
+        ),
+        ("example-os-1.0-a0.x86_64.raw", big.clone()),
+    ] {
+        // Flip one byte in the middle of the file.
+        let f = dir.join(name);
+        let mut data = std::fs::read(&f)?;
+        let mid = data.len() / 2;
+        data[mid] ^= 0xff;
+        std::fs::write(&f, &data)?;
+        let r = run(cosa(&s, "cosa-upload", &t).args(["--url", &url]))?;
+        assert_ne!(r.code, 0, "{}", r.stdout);
+        assert!(
+            r.stderr.contains(name) && r.stderr.contains("meta.json records"),
+            "{}",
+            r.stderr
+        );
+        assert!(!exists(&rt, &s, &key), "{key} was published");
+        assert!(!exists(&rt, &s, &format!("{base}/meta.json")));
+        assert!(store_builds(&rt, &s, "c")?.is_none());
+        data[mid] ^= 0xff;
+        std::fs::write(&f, &data)?;
+    }
+    // Restored: the upload goes through, and the stale multipart upload is gone
+    // (moto and Garage list unfinished uploads; s3s-fs keeps none to list).
+    ok(run(cosa(&s, "cosa-upload", &t).args(["--url", &url]))?);
+    assert!(exists(&rt, &s, &big));
+    if kind != Kind::S3sFs {
+        let l = rt.block_on(
+            s.sdk()
+                .list_multipart_uploads()
+                .bucket(BUCKET)
+                .prefix(&big)
+                .send(),
+        )?;
+        let left: Vec<_> = l.uploads().iter().filter_map(|u| u.upload_id()).collect();
+        assert!(
+            !left.contains(&stale_id.as_str()),
+            "stale upload kept: {left:?}"
+        );
+    }
+    Ok(())
+}
+
 macro_rules! per_server {
     ($($test:ident),* $(,)?) => {
         mod s3s_fs {
@@ -450,4 +521,5 @@ per_server!(
     corrupted_object,
     bad_credentials_and_missing_bucket,
     prune,
+    changed_local_artifact,
 );
