@@ -5,33 +5,19 @@
 //! Run: `cargo bench --bench compose`. Prints a Markdown table for BENCHMARKS.md.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
+
+use anyhow::Result;
 use camino::Utf8PathBuf;
 
 const RUNS: usize = 5;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
-fn sh(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    anyhow::ensure!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8(o.stdout)?)
-}
 
-fn time(mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
-}
 
 fn main() -> Result<()> {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));

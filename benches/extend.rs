@@ -14,44 +14,20 @@
 //! Run: `cargo bench --bench extend`. Prints Markdown tables for BENCHMARKS.md.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
 const RUNS: usize = 3;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
-fn sh(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    anyhow::ensure!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8(o.stdout)?)
-}
 
-fn bash(script: &str, args: &[&str]) -> Result<()> {
-    sh(Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script, "bench"])
-        .args(args))
-    .map(|_| ())
-}
 
-fn time(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
-}
 
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
-}
 
 /// The by-hand peer of a platform: `$1` base qcow2, `$2` output, `$3` scratch dir.
 fn peer_script(platform: &str) -> Option<&'static str> {

@@ -6,7 +6,11 @@
 //! Run: `cargo bench --bench image`. Prints a Markdown table for BENCHMARKS.md.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "common/mod.rs"]
+mod common;
+use common::*;
 
 use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
@@ -74,30 +78,9 @@ chattr -i "$R"/ostree/deploy/*/deploy/*.0 2>/dev/null || true
 rm -rf "$S"
 "#;
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
-fn sh(cmd: &mut Command) -> Result<String> {
-    let o = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    anyhow::ensure!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    Ok(String::from_utf8(o.stdout)?)
-}
 
-fn time(f: impl FnOnce() -> Result<()>) -> Result<Duration> {
-    let t = Instant::now();
-    f()?;
-    Ok(t.elapsed())
-}
 
-fn mib(n: u64) -> String {
-    format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
-}
 
 fn main() -> Result<()> {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));

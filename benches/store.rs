@@ -5,7 +5,10 @@
 //!
 //! Run: `tools/test-servers.sh s3s-fs garage && cargo bench --bench store`.
 //! Needs `/usr/bin/aws` (`apt-get install awscli`). Servers not installed are left
-//! out of the table (said on stderr). Prints a Markdown table for BENCHMARKS.md.
+//! out of the table (said on stderr); `COSA_BENCH_SERVERS=s3s-fs` (comma-separated)
+//! runs only those. Prints a Markdown table for BENCHMARKS.md, with the mean CPU
+//! seconds per run of the client command and of the server: on loopback both share
+//! the machine's cores, so a client that needs less CPU leaves more to the server.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +41,43 @@ fn run_ok(cmd: &mut Command) -> Result<()> {
         bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// CPU seconds (user + system) from `/proc/<pid>/stat`: the process's own
+/// (`children` false) or that of its waited-for children (`children` true).
+fn cpu_secs(pid: &str, children: bool) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14/15 (utime/stime) and 16/17 (cutime/cstime), counted from 3 here.
+    let (u, s) = if children { (13, 14) } else { (11, 12) };
+    let ticks: f64 = f[u].parse::<f64>()? + f[s].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// One operation measured over `RUNS` runs: the best time, and the mean CPU
+/// seconds of the client (the command run) and of the server per run.
+struct Measured {
+    best: Duration,
+    client_cpu: f64,
+    server_cpu: f64,
+}
+
+fn measure(server: u32, mut f: impl FnMut() -> Result<()>) -> Result<Measured> {
+    let sp = server.to_string();
+    let (c0, s0) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
+    let mut v = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed());
+    }
+    let (c1, s1) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
+    Ok(Measured {
+        best: v.into_iter().min().context("no runs")?,
+        client_cpu: (c1 - c0) / RUNS as f64,
+        server_cpu: (s1 - s0) / RUNS as f64,
+    })
 }
 
 fn best(mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
@@ -248,19 +288,23 @@ fn main() -> Result<()> {
     })?;
     let _ = std::fs::remove_dir_all(dir.join("cp"));
     let mut rows = vec![format!(
-        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | – |",
+        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | – | – | – |",
         cp.as_secs_f64(),
         mibs(cp)
     )];
 
+    let only = std::env::var("COSA_BENCH_SERVERS").unwrap_or_default();
     for name in ["s3s-fs", "garage"] {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
         let Some(s) = start(name, &dir)? else {
             eprintln!("{name} is not installed: left out (tools/test-servers.sh {name})");
             continue;
         };
         let cfg = dir.join("aws-config");
         let mut run_no = 0;
-        let cosa_up = best(|| {
+        let cosa_up = measure(s.child.id(), || {
             run_no += 1;
             run_ok(cosa(&s, "cosa-upload").args([
                 "--workdir",
@@ -270,7 +314,7 @@ fn main() -> Result<()> {
             ]))
         })?;
         let mut run_no = 0;
-        let aws_up = best(|| {
+        let aws_up = measure(s.child.id(), || {
             run_no += 1;
             run_ok(aws(&s, &cfg).args([
                 "s3",
@@ -281,7 +325,7 @@ fn main() -> Result<()> {
                 &format!("s3://{BUCKET}/aws{run_no}/{id}/{arch}/"),
             ]))
         })?;
-        let cosa_down = best(|| {
+        let cosa_down = measure(s.child.id(), || {
             let dest = dir.join("fetch");
             let _ = std::fs::remove_dir_all(&dest);
             let w = cosa::workdir::Workdir::init(dest.clone())?;
@@ -296,7 +340,7 @@ fn main() -> Result<()> {
                 "all",
             ]))
         })?;
-        let aws_down = best(|| {
+        let aws_down = measure(s.child.id(), || {
             let dest = dir.join("awsfetch");
             let _ = std::fs::remove_dir_all(&dest);
             run_ok(aws(&s, &cfg).args([
@@ -312,18 +356,22 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(dir.join("awsfetch"));
         for (op, c, a) in [("upload", cosa_up, aws_up), ("fetch", cosa_down, aws_down)] {
             rows.push(format!(
-                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2}× of cp |",
-                a.as_secs_f64(),
-                mibs(a),
-                mibs(a) / mibs(cp)
+                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2}× of cp | {:.1} s | {:.1} s |",
+                a.best.as_secs_f64(),
+                mibs(a.best),
+                mibs(a.best) / mibs(cp),
+                a.client_cpu,
+                a.server_cpu
             ));
             rows.push(format!(
-                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2}× of cp |",
+                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2}× of cp | {:.1} s | {:.1} s |",
                 if op == "upload" { "upload" } else { "fetch (sha256-verified)" },
-                c.as_secs_f64(),
-                mibs(c),
-                mibs(c) / mibs(a),
-                mibs(c) / mibs(cp)
+                c.best.as_secs_f64(),
+                mibs(c.best),
+                mibs(c.best) / mibs(a.best),
+                mibs(c.best) / mibs(cp),
+                c.client_cpu,
+                c.server_cpu
             ));
         }
         eprintln!("{} done", s.name);
@@ -332,8 +380,8 @@ fn main() -> Result<()> {
         "2 GiB build ({ARTIFACTS} × {} MiB), best of {RUNS} runs each\n",
         ARTIFACT_SIZE >> 20
     );
-    println!("| operation | time | throughput | ratio to peer | ratio to cp |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| operation | time | throughput | ratio to peer | ratio to cp | client CPU | server CPU |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!("{r}");
     }
