@@ -1,12 +1,17 @@
 //! The GitHub Actions, run for real with `act` in host mode (no Docker), offline.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
+use cosa::builds::BuildsJson;
+use cosa::meta::Meta;
+use sha2::{Digest, Sha256};
 
 use crate::common::{TestWorkdir, utf8};
 use crate::example;
+use crate::store_servers::{BUCKET, Kind, S3Server};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -153,5 +158,147 @@ fn actions_and_workflows_lint_clean() -> Result<()> {
         "actionlint: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+    Ok(())
+}
+
+/// Every object of the test bucket with its bytes, by key.
+pub fn store_objects(s3: &S3Server) -> Result<BTreeMap<String, Vec<u8>>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let c = s3.sdk();
+    rt.block_on(async {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = c
+                .list_objects_v2()
+                .bucket(BUCKET)
+                .set_continuation_token(token)
+                .send()
+                .await?;
+            for o in page.contents() {
+                let k = o.key().context("listed object without a key")?.to_string();
+                let body = c.get_object().bucket(BUCKET).key(&k).send().await?;
+                out.insert(k, body.body.collect().await?.into_bytes().to_vec());
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    })
+}
+
+/// The store's builds.json, and each build's x86_64 meta.json `images` keys (sorted).
+pub fn store_builds(
+    objects: &BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let builds = objects
+        .get(&format!("{prefix}/builds.json"))
+        .context("no builds.json in the store")?;
+    let builds = BuildsJson::parse(builds, "builds.json")?;
+    let mut out = Vec::new();
+    for b in &builds.builds {
+        let k = format!("{prefix}/{}/x86_64/meta.json", b.id);
+        let meta = Meta::parse(objects.get(&k).context(k.clone())?, &k)?;
+        let mut keys: Vec<String> = meta.images.keys().cloned().collect();
+        keys.sort();
+        for art in meta.images.values() {
+            let ak = format!("{prefix}/{}/x86_64/{}", b.id, art.path);
+            let bytes = objects
+                .get(&ak)
+                .with_context(|| format!("{ak} not in the store"))?;
+            assert_eq!(hex::encode(Sha256::digest(bytes)), art.sha256, "{ak}");
+        }
+        out.push((b.id.clone(), keys));
+    }
+    Ok(out)
+}
+
+fn act_pipeline(s3: &S3Server, store: &str, config: &Utf8Path) -> Result<Act> {
+    let tools = ci_tools()?;
+    let mut cmd = Command::new(tools.join("act"));
+    s3.env(&mut cmd);
+    let o = cmd
+        .current_dir(ROOT)
+        .args([
+            "workflow_dispatch",
+            "-W",
+            "tests/fixtures/workflows/pipeline-s3.yml",
+        ])
+        .args(["-P", "ubuntu-latest=-self-hosted"])
+        .args(["--local-repository", &format!("cosa-rs/cosa@v0.1.0={ROOT}")])
+        .args(["--var", &format!("COSA_STORE={store}")])
+        .args(["--var", &format!("COSA_ENDPOINT={}", s3.endpoint)])
+        .args(["--var", &format!("COSA_CONFIG={config}")])
+        .args(["--var", &format!("COSA_BIN={}", bin_dir()?)])
+        .args(["--secret", &format!("AWS_ACCESS_KEY_ID={}", s3.key)])
+        .args(["--secret", &format!("AWS_SECRET_ACCESS_KEY={}", s3.secret)])
+        .output()?;
+    Ok(Act {
+        code: o.status.code().unwrap_or(-1),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    })
+}
+
+/// The reusable workflow, with every job in its own work directory and the build
+/// handed between them through a loopback S3 store (moto).
+#[test]
+fn pipeline_through_s3() -> Result<()> {
+    let Some(s3) = S3Server::start(Kind::Moto)? else {
+        return Ok(());
+    };
+    let t = TestWorkdir::new()?;
+    let served = t.root().join("served");
+    example::publish(&example::repo(&[])?, &served)?;
+    let cfg = t.root().join("cfg");
+    example::init_workdir(&cfg, &format!("file://{served}"))?;
+    let config = cfg.join("src/config");
+    let prefix = "example/stable";
+    let store = s3.url(prefix);
+    let want: Vec<String> = ["aws", "gcp", "ostree", "qemu"].map(String::from).to_vec();
+
+    // Run 1: a new build; images and platform images made in parallel jobs, all in
+    // its meta.json, and the build in builds.json.
+    let r = act_pipeline(&s3, &store, &config)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert!(r.out.contains("pipeline changed=true"), "{}", r.out);
+    let objects = store_objects(&s3)?;
+    let builds = store_builds(&objects, prefix)?;
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert_eq!(builds[0].1, want);
+    let id = builds[0].0.clone();
+    assert!(r.out.contains(&format!("build={id}")), "{}", r.out);
+
+    // Run 2: nothing changed: no image, extend or publish job runs, and the store is
+    // byte for byte what it was.
+    let r = act_pipeline(&s3, &store, &config)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert!(r.out.contains("pipeline changed=false"), "{}", r.out);
+    for job in ["image", "extend", "publish"] {
+        assert!(
+            !r.out
+                .lines()
+                .any(|l| l.contains(&format!("/{job}")) && l.contains("Run Main")),
+            "{job} ran although nothing changed:\n{}",
+            r.out
+        );
+    }
+    assert!(store_objects(&s3)? == objects, "the store changed in run 2");
+
+    // Run 3: one package bumped: a second build, complete, in builds.json.
+    example::publish(&example::repo(&["example-hello=2"])?, &served)?;
+    let r = act_pipeline(&s3, &store, &config)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert!(r.out.contains("pipeline changed=true"), "{}", r.out);
+    let builds = store_builds(&store_objects(&s3)?, prefix)?;
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    assert_ne!(builds[0].0, id);
+    assert_eq!(builds[1].0, id);
+    assert!(builds.iter().all(|b| b.1 == want), "{builds:?}");
     Ok(())
 }
