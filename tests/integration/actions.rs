@@ -215,7 +215,25 @@ pub fn store_builds(
     Ok(out)
 }
 
-fn act_pipeline(s3: &S3Server, store: &str, config: &Utf8Path) -> Result<Act> {
+/// What `cosa-rs/cosa@<ref>` holds for the pipeline (actions, workflows, tools),
+/// copied into `dir` for act's --local-repository: act would copy all of the
+/// checkout, build outputs included, for every action it runs.
+fn action_repo(dir: &Utf8Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for d in ["actions", ".github", "tools"] {
+        let o = Command::new("cp")
+            .args(["-a", &format!("{ROOT}/{d}"), dir.as_str()])
+            .output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "cp {d}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn act_pipeline(s3: &S3Server, store: &str, config: &Utf8Path, repo: &Utf8Path) -> Result<Act> {
     let tools = ci_tools()?;
     let mut cmd = Command::new(tools.join("act"));
     s3.env(&mut cmd);
@@ -227,7 +245,7 @@ fn act_pipeline(s3: &S3Server, store: &str, config: &Utf8Path) -> Result<Act> {
             "tests/fixtures/workflows/pipeline-s3.yml",
         ])
         .args(["-P", "ubuntu-latest=-self-hosted"])
-        .args(["--local-repository", &format!("cosa-rs/cosa@v0.1.0={ROOT}")])
+        .args(["--local-repository", &format!("cosa-rs/cosa@v0.1.0={repo}")])
         .args(["--var", &format!("COSA_STORE={store}")])
         .args(["--var", &format!("COSA_ENDPOINT={}", s3.endpoint)])
         .args(["--var", &format!("COSA_CONFIG={config}")])
@@ -260,11 +278,13 @@ fn pipeline_through_s3() -> Result<()> {
     let config = cfg.join("src/config");
     let prefix = "example/stable";
     let store = s3.url(prefix);
+    let repo = t.root().join("cosa-repo");
+    action_repo(&repo)?;
     let want: Vec<String> = ["aws", "gcp", "ostree", "qemu"].map(String::from).to_vec();
 
     // Run 1: a new build; images and platform images made in parallel jobs, all in
     // its meta.json, and the build in builds.json.
-    let r = act_pipeline(&s3, &store, &config)?;
+    let r = act_pipeline(&s3, &store, &config, &repo)?;
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(r.out.contains("pipeline changed=true"), "{}", r.out);
     let objects = store_objects(&s3)?;
@@ -276,7 +296,7 @@ fn pipeline_through_s3() -> Result<()> {
 
     // Run 2: nothing changed: no image, extend or publish job runs, and the store is
     // byte for byte what it was.
-    let r = act_pipeline(&s3, &store, &config)?;
+    let r = act_pipeline(&s3, &store, &config, &repo)?;
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(r.out.contains("pipeline changed=false"), "{}", r.out);
     for job in ["image", "extend", "publish"] {
@@ -292,7 +312,7 @@ fn pipeline_through_s3() -> Result<()> {
 
     // Run 3: one package bumped: a second build, complete, in builds.json.
     example::publish(&example::repo(&["example-hello=2"])?, &served)?;
-    let r = act_pipeline(&s3, &store, &config)?;
+    let r = act_pipeline(&s3, &store, &config, &repo)?;
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(r.out.contains("pipeline changed=true"), "{}", r.out);
     let builds = store_builds(&store_objects(&s3)?, prefix)?;
