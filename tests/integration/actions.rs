@@ -293,6 +293,13 @@ fn pipeline_through_s3() -> Result<()> {
     assert_eq!(builds[0].1, want);
     let id = builds[0].0.clone();
     assert!(r.out.contains(&format!("build={id}")), "{}", r.out);
+    let ran = |out: &str, job: &str| {
+        out.lines()
+            .any(|l| l.contains(&format!("pipeline/{job}")) && l.contains("Run Main"))
+    };
+    for job in ["image", "extend-1", "extend-2", "publish"] {
+        assert!(ran(&r.out, job), "{job} did not run:\n{}", r.out);
+    }
 
     // Run 2: nothing changed: no image, extend or publish job runs, and the store is
     // byte for byte what it was.
@@ -301,9 +308,7 @@ fn pipeline_through_s3() -> Result<()> {
     assert!(r.out.contains("pipeline changed=false"), "{}", r.out);
     for job in ["image", "extend", "publish"] {
         assert!(
-            !r.out
-                .lines()
-                .any(|l| l.contains(&format!("/{job}")) && l.contains("Run Main")),
+            !ran(&r.out, job),
             "{job} ran although nothing changed:\n{}",
             r.out
         );
