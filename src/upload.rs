@@ -615,4 +615,43 @@ mod tests {
     fn command_line_is_well_formed() {
         super::Args::command().debug_assert();
     }
+
+    fn meta(commit: char, images: &[&str]) -> anyhow::Result<crate::meta::Meta> {
+        let mut m: crate::meta::Meta = serde_json::from_value(serde_json::json!({
+            "buildid": "1.0", "name": "example-os", "ostree-commit": commit.to_string().repeat(64),
+            "ostree-version": "1.0", "ostree-timestamp": "2026-11-26T10:00:00Z",
+        }))?;
+        for (i, k) in images.iter().enumerate() {
+            m.images.insert(
+                k.to_string(),
+                serde_json::from_value(serde_json::json!({
+                    "path": format!("{k}-{commit}"), "sha256": format!("{i:064}"),
+                }))?,
+            );
+        }
+        Ok(m)
+    }
+
+    /// Parallel jobs of one build each add their artifact; none drops another's.
+    #[test]
+    fn meta_json_keeps_other_jobs_artifacts() -> anyhow::Result<()> {
+        let remote = meta('a', &["ostree", "qemu"])?;
+        // This job fetched ostree only, made aws (and a qemu of its own, not sent).
+        let local = meta('a', &["ostree", "aws", "qemu"])?;
+        let not_sent = vec!["ostree".to_string(), "qemu".to_string()];
+        let m = super::merged_meta(&local, &not_sent, Some(&remote));
+        let keys: Vec<_> = m.images.keys().cloned().collect();
+        assert_eq!(keys, ["ostree", "aws", "qemu"]);
+        // Not sent: the store's entry wins.
+        assert_eq!(m.images["qemu"], remote.images["qemu"]);
+        assert_eq!(m.images["aws"], local.images["aws"]);
+        // The store's artifacts the local meta.json lacks are kept.
+        let m = super::merged_meta(&meta('a', &["gcp"])?, &[], Some(&remote));
+        let keys: Vec<_> = m.images.keys().cloned().collect();
+        assert_eq!(keys, ["gcp", "ostree", "qemu"]);
+        // Another commit under the same ID (a rebuild): the local one replaces it.
+        let m = super::merged_meta(&meta('b', &["gcp"])?, &[], Some(&remote));
+        assert_eq!(m, meta('b', &["gcp"])?);
+        Ok(())
+    }
 }
