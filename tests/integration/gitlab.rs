@@ -187,3 +187,24 @@ fn pipeline_through_s3() -> Result<()> {
     assert!(builds.iter().all(|b| b.1 == want), "{builds:?}");
     Ok(())
 }
+
+#[test]
+fn bad_input_fails_with_one_error_line() -> Result<()> {
+    let t = TestWorkdir::new()?;
+    let proj = t.root().join("project");
+    project(&proj, "bad-input.gitlab-ci.yml")?;
+    let (code, out) = gitlab_ci_local(&proj, t.root())?;
+    assert_ne!(code, 0, "{out}");
+    for (job, names) in [
+        ("cosa-fetch", "cosa-fetch needs the input 'url' (the store)"),
+        ("cosa-extend", "unknown platform \"frobnicator\""),
+    ] {
+        // Job output is marked "> " (the script's text is echoed with "$ ").
+        let errors: Vec<_> = out
+            .lines()
+            .filter(|l| l.starts_with(job) && l.contains("> ") && l.contains(names))
+            .collect();
+        assert_eq!(errors.len(), 1, "{job}:\n{out}");
+    }
+    Ok(())
+}
