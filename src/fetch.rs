@@ -103,14 +103,15 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
     let store = args.store.open()?;
     let client = store.connect().await?;
     client.check_access().await?;
-    let Some(remote) = read_json_doc(&client, BUILDS_JSON).await? else {
-        if let Some(b) = &args.build {
-            bail!("build {b}: {} has no builds.json", store.display());
+    let remote = read_json_doc(&client, BUILDS_JSON).await?;
+    let remote_doc = match &remote {
+        Some(r) => BuildsJson::parse(&r.bytes, &client.describe(BUILDS_JSON))?,
+        None if args.build.is_some() => BuildsJson::default(),
+        None => {
+            tracing::info!("{} has no builds.json: nothing to fetch", store.display());
+            return Ok(());
         }
-        tracing::info!("{} has no builds.json: nothing to fetch", store.display());
-        return Ok(());
     };
-    let remote_doc = BuildsJson::parse(&remote.bytes, &client.describe(BUILDS_JSON))?;
 
     let local = wd.read_builds()?;
     let extra = local_only(&local, &remote_doc);
@@ -133,9 +134,29 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
     for a in &wanted {
         validate_arch(a)?;
     }
+    // A build uploaded with --skip-builds-json (parallel CI jobs add it to builds.json
+    // at the end) is fetched by its ID and arches from its meta.json alone.
+    let unlisted = match &args.build {
+        Some(id) if remote_doc.get(id).is_none() => {
+            if all_arches {
+                bail!(
+                    "build {id} is not in {}: name its arches (--arch) instead of all",
+                    client.describe(BUILDS_JSON)
+                );
+            }
+            let mut e = BuildsJson::default();
+            for a in &wanted {
+                e.insert(id, a)?;
+            }
+            Some(e)
+        }
+        _ => None,
+    };
     let entry = match &args.build {
-        Some(id) => remote_doc
-            .get(id)
+        Some(id) => unlisted
+            .as_ref()
+            .and_then(|u| u.get(id))
+            .or_else(|| remote_doc.get(id))
             .with_context(|| format!("build {id} is not in {}", client.describe(BUILDS_JSON)))?,
         None if args.find_build_for_arch => remote_doc
             .builds
@@ -176,7 +197,12 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
         let origin = client.describe(&mk);
         let fetched = read_json_doc(&client, &mk)
             .await?
-            .with_context(|| format!("{origin}: not in the store, though builds.json lists it"))?;
+            .with_context(|| match unlisted {
+                Some(_) => {
+                    format!("{origin}: not in the store (and builds.json does not list build {id})")
+                }
+                None => format!("{origin}: not in the store, though builds.json lists it"),
+            })?;
         let meta = Meta::parse(&fetched.bytes, &origin)?;
         if meta.buildid != id {
             bail!("{origin}: buildid is {:?}, expected {id:?}", meta.buildid);
@@ -278,8 +304,21 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
         tracing::info!("build {id} ({arch}): meta.json written");
     }
     let lock = wd.lock()?;
-    fsutil::atomic_write(&wd.builds_json_path(), &remote.bytes)?;
-    let is_latest = remote_doc.latest().is_some_and(|b| b.id == id);
+    let is_latest = match (&unlisted, &remote) {
+        (None, Some(r)) => {
+            fsutil::atomic_write(&wd.builds_json_path(), &r.bytes)?;
+            remote_doc.latest().is_some_and(|b| b.id == id)
+        }
+        // An unlisted build: the store's index plus this build, as the newest.
+        _ => {
+            let mut doc = remote_doc.clone();
+            for a in &arches {
+                doc.insert(&id, a)?;
+            }
+            fsutil::atomic_write(&wd.builds_json_path(), &doc.to_json_bytes()?)?;
+            true
+        }
+    };
     if is_latest {
         wd.set_latest(Some(&id), &lock)?;
     }

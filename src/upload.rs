@@ -30,7 +30,9 @@ use crate::fsutil::TMP_PREFIX;
 use crate::meta::Meta;
 use crate::names::{validate_arch, validate_build_id, validate_file_name};
 use crate::store::index::{self, Change};
-use crate::store::{Client, Precondition, PutMeta, StoreArgs, block_on, key};
+use crate::store::{
+    Client, Precondition, PutMeta, PutResult, StoreArgs, block_on, key, read_json_doc,
+};
 use crate::workdir::Workdir;
 
 /// Upload a build to a store (S3, file), or prune the store.
@@ -78,6 +80,11 @@ pub struct UploadArgs {
     /// Send artifacts even when the store has them with the same sha256.
     #[arg(long)]
     pub force: bool,
+    /// Send nothing but add the build (--build ID, --arch) to the store's builds.json:
+    /// the last step after parallel jobs uploaded it with --skip-builds-json. Its
+    /// meta.json must be in the store; no local build directory is needed.
+    #[arg(long, conflicts_with_all = ["skip_builds_json", "artifact", "force"])]
+    pub builds_json_only: bool,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -106,6 +113,7 @@ impl Command for Args {
     fn run(self) -> Result<Outcome> {
         match self.command {
             Some(Sub::Prune(p)) => block_on(prune(&p)),
+            None if self.upload.builds_json_only => block_on(add_to_index(&self.upload)),
             None => {
                 let wd = self.global.open_workdir()?;
                 block_on(upload(&wd, &self.upload))
@@ -245,6 +253,100 @@ fn plan_arch(wd: &Workdir, id: &str, arch: &str, args: &UploadArgs) -> Result<Ar
     })
 }
 
+/// The meta.json to publish over `remote` (the store's, if any): the local one, with
+/// artifacts not sent this time taken from `remote`'s entries when it describes the
+/// same commit, and `remote`'s artifacts the local meta.json lacks kept (parallel jobs
+/// each upload their own artifacts of one build; none drops another's). When `remote`
+/// is another commit (a rebuild of the ID), the local one replaces it.
+fn merged_meta(local: &Meta, not_sent: &[String], remote: Option<&Meta>) -> Meta {
+    let mut m = local.clone();
+    let Some(r) =
+        remote.filter(|r| r.buildid == local.buildid && r.ostree_commit == local.ostree_commit)
+    else {
+        return m;
+    };
+    for name in not_sent {
+        if let Some(art) = r.images.get(name) {
+            m.images.insert(name.clone(), art.clone());
+        }
+    }
+    for (name, art) in &r.images {
+        if !m.images.contains_key(name) {
+            m.images.insert(name.clone(), art.clone());
+        }
+    }
+    m
+}
+
+/// Write an arch's meta.json: a read-modify-write of the store's (conditional where the
+/// store honours it, retried when another writer came first); artifacts not sent and
+/// not in the store are left out. Nothing is written when the store's is the same.
+async fn publish_meta(client: &Client, id: &str, p: &ArchPlan, args: &UploadArgs) -> Result<()> {
+    let k = key::arch_file(id, &p.arch, "meta.json")?;
+    let conditional = !args.dry_run && client.conditional_writes().await?;
+    for round in 0..index::MAX_ROUNDS {
+        let cur = read_json_doc(client, &k).await?;
+        let remote = match &cur {
+            Some(f) => Some(Meta::parse(&f.bytes, &client.describe(&k))?),
+            None => None,
+        };
+        let mut m = merged_meta(&p.meta, &p.not_sent, remote.as_ref());
+        for name in &p.not_sent {
+            if remote
+                .as_ref()
+                .is_some_and(|r| r.images.get(name) == m.images.get(name))
+            {
+                continue;
+            }
+            if let Some(art) = m.images.get(name) {
+                let ak = key::arch_file(id, &p.arch, &art.path)?;
+                if client.head(&ak).await?.is_none() {
+                    tracing::info!("images.{name} is not in the store: left out of its meta.json");
+                    m.images.shift_remove(name);
+                }
+            }
+        }
+        let bytes = if m == p.meta {
+            p.meta_bytes.clone()
+        } else {
+            m.to_json_bytes()?
+        };
+        if cur
+            .as_ref()
+            .is_some_and(|f| f.bytes.as_ref() == bytes.as_slice())
+        {
+            tracing::info!("{} is up to date", client.describe(&k));
+            return Ok(());
+        }
+        if args.dry_run {
+            tracing::info!("would upload {}", client.describe(&k));
+            return Ok(());
+        }
+        let pre = match (&cur, conditional) {
+            (None, true) => Precondition::IfAbsent,
+            (Some(f), true) => f
+                .etag
+                .clone()
+                .map_or(Precondition::None, Precondition::IfMatch),
+            (_, false) => Precondition::None,
+        };
+        tracing::info!("upload {}", client.describe(&k));
+        let meta = PutMeta::metadata("meta.json", args.acl.as_deref());
+        match client.put_bytes(&k, Bytes::from(bytes), &meta, pre).await? {
+            PutResult::Done => return Ok(()),
+            PutResult::PreconditionFailed => {
+                tracing::debug!("{k} changed since it was read; retrying ({round})");
+                tokio::time::sleep(crate::store::retry::backoff(round.min(3))).await;
+            }
+        }
+    }
+    bail!(
+        "{}: gave up after {} rounds of concurrent writes",
+        client.describe(&k),
+        index::MAX_ROUNDS
+    )
+}
+
 async fn send(
     client: &Client,
     job: &Job,
@@ -306,6 +408,52 @@ fn resolve_build(wd: &Workdir, build: &str) -> Result<String> {
     }
 }
 
+/// `--builds-json-only`: record a build whose files parallel jobs already uploaded.
+pub async fn add_to_index(args: &UploadArgs) -> Result<()> {
+    let id = &args.build;
+    if id == "latest" {
+        bail!("--builds-json-only needs --build ID (there is no local build to resolve 'latest')");
+    }
+    validate_build_id(id)?;
+    let store = args.store.open()?;
+    if args.arch.is_empty() {
+        bail!("--builds-json-only needs --arch (the arches of build {id} to record)");
+    }
+    let client = store.connect().await?;
+    client.check_writable()?;
+    client.check_access().await?;
+    for a in &args.arch {
+        validate_arch(a)?;
+        let k = key::arch_file(id, a, "meta.json")?;
+        if client.head(&k).await?.is_none() {
+            bail!(
+                "{}: not in the store: upload build {id} ({a}) first",
+                client.describe(&k)
+            );
+        }
+    }
+    if args.dry_run {
+        tracing::info!(
+            "would add build {id} ({}) to {}",
+            args.arch.join(", "),
+            client.describe(crate::store::BUILDS_JSON)
+        );
+        return Ok(());
+    }
+    let pairs: Vec<_> = args.arch.iter().map(|a| (id.clone(), a.clone())).collect();
+    index::update(&client, &Change::Add(pairs)).await?;
+    tracing::info!("builds.json lists build {id} ({})", args.arch.join(", "));
+    let pairs = [
+        ("build", id.clone()),
+        ("uploaded", "0".into()),
+        ("skipped", "0".into()),
+    ];
+    for (k, v) in &pairs {
+        println!("{k}={v}");
+    }
+    ci::github_output(&pairs)
+}
+
 pub async fn upload(wd: &Workdir, args: &UploadArgs) -> Result<()> {
     let store = args.store.open()?;
     let id = resolve_build(wd, &args.build)?;
@@ -345,40 +493,10 @@ pub async fn upload(wd: &Workdir, args: &UploadArgs) -> Result<()> {
     let others: Vec<Job> = plans.iter().flat_map(|p| p.others.clone()).collect();
     send_all(&client, &others, args, &tally).await?;
 
-    // 3. meta.json, listing only artifacts the store has.
+    // 3. meta.json, listing only artifacts the store has, and keeping those other
+    // jobs of the same build published meanwhile.
     for p in &plans {
-        let k = key::arch_file(&id, &p.arch, "meta.json")?;
-        let mut bytes = p.meta_bytes.clone();
-        if !p.not_sent.is_empty() {
-            let mut m = p.meta.clone();
-            for name in &p.not_sent {
-                if let Some(art) = p.meta.images.get(name) {
-                    let ak = key::arch_file(&id, &p.arch, &art.path)?;
-                    if client.head(&ak).await?.is_none() {
-                        tracing::info!(
-                            "images.{name} is not in the store: left out of its meta.json"
-                        );
-                        m.images.shift_remove(name);
-                    }
-                }
-            }
-            if m != p.meta {
-                bytes = m.to_json_bytes()?;
-            }
-        }
-        if args.dry_run {
-            tracing::info!("would upload {}", client.describe(&k));
-        } else {
-            tracing::info!("upload {}", client.describe(&k));
-            client
-                .put_bytes(
-                    &k,
-                    Bytes::from(bytes),
-                    &PutMeta::metadata("meta.json", args.acl.as_deref()),
-                    Precondition::None,
-                )
-                .await?;
-        }
+        publish_meta(&client, &id, p, args).await?;
     }
 
     // 4. Files beside the arch directories.
@@ -496,5 +614,44 @@ mod tests {
     #[test]
     fn command_line_is_well_formed() {
         super::Args::command().debug_assert();
+    }
+
+    fn meta(commit: char, images: &[&str]) -> anyhow::Result<crate::meta::Meta> {
+        let mut m: crate::meta::Meta = serde_json::from_value(serde_json::json!({
+            "buildid": "1.0", "name": "example-os", "ostree-commit": commit.to_string().repeat(64),
+            "ostree-version": "1.0", "ostree-timestamp": "2026-11-26T10:00:00Z",
+        }))?;
+        for (i, k) in images.iter().enumerate() {
+            m.images.insert(
+                k.to_string(),
+                serde_json::from_value(serde_json::json!({
+                    "path": format!("{k}-{commit}"), "sha256": format!("{i:064}"),
+                }))?,
+            );
+        }
+        Ok(m)
+    }
+
+    /// Parallel jobs of one build each add their artifact; none drops another's.
+    #[test]
+    fn meta_json_keeps_other_jobs_artifacts() -> anyhow::Result<()> {
+        let remote = meta('a', &["ostree", "qemu"])?;
+        // This job fetched ostree only, made aws (and a qemu of its own, not sent).
+        let local = meta('a', &["ostree", "aws", "qemu"])?;
+        let not_sent = vec!["ostree".to_string(), "qemu".to_string()];
+        let m = super::merged_meta(&local, &not_sent, Some(&remote));
+        let keys: Vec<_> = m.images.keys().cloned().collect();
+        assert_eq!(keys, ["ostree", "aws", "qemu"]);
+        // Not sent: the store's entry wins.
+        assert_eq!(m.images["qemu"], remote.images["qemu"]);
+        assert_eq!(m.images["aws"], local.images["aws"]);
+        // The store's artifacts the local meta.json lacks are kept.
+        let m = super::merged_meta(&meta('a', &["gcp"])?, &[], Some(&remote));
+        let keys: Vec<_> = m.images.keys().cloned().collect();
+        assert_eq!(keys, ["gcp", "ostree", "qemu"]);
+        // Another commit under the same ID (a rebuild): the local one replaces it.
+        let m = super::merged_meta(&meta('b', &["gcp"])?, &[], Some(&remote));
+        assert_eq!(m, meta('b', &["gcp"])?);
+        Ok(())
     }
 }

@@ -3,7 +3,7 @@
 # else the release asset for this runner (sha256 verified), else cargo install.
 set -euo pipefail
 fail() { echo "::error title=cosa setup::$*"; exit 1; }
-bins=(cosa-changed cosa-compose cosa-image)
+bins=(cosa-changed cosa-compose cosa-image cosa-extend cosa-fetch cosa-upload)
 
 if [ -n "${COSA_PATH:-}" ]; then
   dir=$(cd "$COSA_PATH" && pwd) || fail "path '$COSA_PATH' does not exist"

