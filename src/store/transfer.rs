@@ -54,18 +54,68 @@ struct Sink {
 }
 
 impl Sink {
-    /// Write and hash a chunk (in segments) off the async threads.
+    /// Write and hash a chunk (in segments) off the async threads, and start writing
+    /// it back to the disk now, so that the final fsync has little left to wait for
+    /// (with a large page cache, the kernel would otherwise hold the whole file dirty
+    /// until that fsync).
     async fn push(mut self, segments: Vec<Bytes>) -> Result<Self> {
         tokio::task::spawn_blocking(move || -> Result<Self> {
+            let start = self.written;
             for b in &segments {
                 self.file.write_all(b)?;
                 self.hasher.update(b);
                 self.written += b.len() as u64;
             }
+            start_writeback(&self.file, start, self.written - start);
             Ok(self)
         })
         .await
         .context("writing task failed")?
+    }
+
+    /// Check the size and sha256; a good file is synced and renamed to `dest`, a
+    /// corrupt one removed. Blocking (fsync): run off the async threads.
+    fn finish(
+        self,
+        part: &Utf8Path,
+        dest: &Utf8Path,
+        size: u64,
+        exp: &Expected,
+        what: &str,
+    ) -> Result<()> {
+        let Sink {
+            file,
+            hasher,
+            written,
+        } = self;
+        if written != size {
+            bail!("{what}: truncated: {written} of {size} bytes");
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != exp.sha256 {
+            drop(file);
+            let _ = std::fs::remove_file(part);
+            bail!(
+                "{what}: sha256 mismatch: expected {}, got {got} (not written to {dest})",
+                exp.sha256
+            );
+        }
+        file.sync_all().with_context(|| format!("syncing {part}"))?;
+        drop(file);
+        std::fs::rename(part, dest).with_context(|| format!("renaming {part} to {dest}"))?;
+        if let Some(d) = dest.parent() {
+            fsync_dir(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Ask the kernel to start writing `len` bytes at `offset` back to the disk without
+/// waiting for it (`POSIX_FADV_DONTNEED` on dirty pages starts their writeback; pages
+/// still dirty or under writeback stay cached). Advisory: a failure changes nothing.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
     }
 }
 
@@ -116,29 +166,10 @@ pub async fn download_verified(
     } else {
         fetch_streamed(client, key, sink, size).await?
     };
-    let Sink {
-        file,
-        hasher,
-        written,
-    } = sink;
-    if written != size {
-        bail!("{what}: truncated: {written} of {size} bytes");
-    }
-    let got = hex::encode(hasher.finalize());
-    if got != exp.sha256 {
-        drop(file);
-        let _ = std::fs::remove_file(&part);
-        bail!(
-            "{what}: sha256 mismatch: expected {}, got {got} (not written to {dest})",
-            exp.sha256
-        );
-    }
-    file.sync_all().with_context(|| format!("syncing {part}"))?;
-    drop(file);
-    std::fs::rename(&part, dest).with_context(|| format!("renaming {part} to {dest}"))?;
-    if let Some(d) = dest.parent() {
-        fsync_dir(d)?;
-    }
+    let (dest_owned, exp_owned) = (dest.to_owned(), exp.clone());
+    tokio::task::spawn_blocking(move || sink.finish(&part, &dest_owned, size, &exp_owned, &what))
+        .await
+        .context("finishing task failed")??;
     Ok(Fetch::Fetched {
         bytes: size - start,
     })
