@@ -32,7 +32,8 @@ struct Env {
 const ART: &str = "example-os-1.0-a0.x86_64.raw";
 
 impl Env {
-    fn new() -> Result<Self> {
+    /// `fresh`: the work directory then loses its build (kept in the store), to be fetched.
+    fn new(fresh: bool) -> Result<Self> {
         let td = tempfile::tempdir()?;
         let outer = crate::common::utf8(td.path())?;
         let t = TestWorkdir::inside(td, "w")?;
@@ -56,6 +57,11 @@ impl Env {
             outer.join("store").as_str(),
         ]))?;
         ensure!(r.code == 0, "base upload: {}", r.stderr);
+        if fresh {
+            std::fs::remove_dir_all(t.root().join("builds/1.0"))?;
+            std::fs::remove_file(t.root().join("builds/builds.json"))?;
+            std::fs::remove_file(t.root().join("builds/latest"))?;
+        }
         Ok(Self { t, outer })
     }
 
@@ -225,30 +231,30 @@ fn cases() -> Vec<Case> {
         c("treefile add-files source escapes config", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"../../../sentinel/secret.txt\", \"/etc/x\"]\n"), 1, &["../../../sentinel/secret.txt"]),
         c("treefile add-files destination traversal", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"image.yaml\", \"../../../../tmp/cosa-pwned\"]\n"), 1, &["cosa-pwned"]),
         c("treefile postprocess-script outside", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\npostprocess-script: /etc/passwd\n"), 1, &["postprocess"]),
-        c("treefile bad version prefix", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nautomatic-version-prefix: \"1.<date:%Y\"\n"), 1, &["automatic-version-prefix"]),
-        c("treefile NUL in a package", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [\"ba\\0sh\"]\nrepos: [example]\n"), 1, &["manifest.yaml"]),
+        c("treefile include of a file outside", "cosa-compose", &[], |e| e.config("manifest.yaml", "include: ../../../sentinel/secret.txt\nref: x\n"), 1, &["secret.txt"]),
+        c("treefile package is a map", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [{a: b}]\n"), 1, &["manifest.yaml:2"]),
         // --- image.yaml (cosa-image) ---
-        c("image.yaml alias bomb", "cosa-image", &[], |e| e.config("image.yaml", BOMB.replace("ref: x\npackages: *i", "extra-kargs: *i")), 1, &["image.yaml"]),
-        c("image.yaml invalid UTF-8", "cosa-image", &[], |e| e.config("image.yaml", b"size: 3\nbootfs: \"ext\xff4\"\n"), 1, &["image.yaml"]),
-        c("image.yaml huge", "cosa-image", &[], |e| Env::huge(&e.t.wd.config_dir().join("image.yaml"), 64 << 20), 1, &["image.yaml", "larger"]),
-        c("image.yaml size wrong type", "cosa-image", &[], |e| e.config("image.yaml", "size: big\n"), 1, &["image.yaml:1"]),
-        c("image.yaml negative size", "cosa-image", &[], |e| e.config("image.yaml", "size: -1\n"), 1, &["image.yaml"]),
-        c("image.yaml enormous size", "cosa-image", &[], |e| e.config("image.yaml", "size: 99999999999999999999999\n"), 1, &["image.yaml"]),
-        c("image.yaml bad fs", "cosa-image", &[], |e| e.config("image.yaml", "size: 3\nrootfs: \"../../x\"\n"), 1, &["image.yaml"]),
-        c("image.yaml kargs wrong type", "cosa-image", &[], |e| e.config("image.yaml", "size: 3\nextra-kargs: {a: b}\n"), 1, &["image.yaml"]),
-        c("image.yaml unknown key", "cosa-image", &[], |e| e.config("image.yaml", "size: 3\nformat-disk: /dev/sda\n"), 1, &["image.yaml", "format-disk"]),
-        c("image.yaml nesting 5000 deep", "cosa-image", &[], |e| e.config("image.yaml", format!("extra-kargs: {}{}\n", "[".repeat(5000), "]".repeat(5000))), 1, &["image.yaml"]),
+        c("image.yaml alias bomb", "cosa-compose", &[], |e| e.config("image.yaml", BOMB.replace("ref: x\npackages: *i", "extra-kargs: *i")), 1, &["image.yaml"]),
+        c("image.yaml invalid UTF-8", "cosa-compose", &[], |e| e.config("image.yaml", b"size: 3\nbootfs: \"ext\xff4\"\n"), 1, &["image.yaml"]),
+        c("image.yaml huge", "cosa-compose", &[], |e| Env::huge(&e.t.wd.config_dir().join("image.yaml"), 64 << 20), 1, &["image.yaml", "larger"]),
+        c("image.yaml size wrong type", "cosa-compose", &[], |e| e.config("image.yaml", "size: big\n"), 1, &["image.yaml:1"]),
+        c("image.yaml negative size", "cosa-compose", &[], |e| e.config("image.yaml", "size: -1\n"), 1, &["image.yaml"]),
+        c("image.yaml enormous size", "cosa-compose", &[], |e| e.config("image.yaml", "size: 99999999999999999999999\n"), 1, &["image.yaml"]),
+        c("image.yaml bad fs", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nrootfs: \"../../x\"\n"), 1, &["image.yaml"]),
+        c("image.yaml kargs wrong type", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nextra-kargs: {a: b}\n"), 1, &["image.yaml"]),
+        c("image.yaml unknown key", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nformat-disk: /dev/sda\n"), 1, &["image.yaml", "format-disk"]),
+        c("image.yaml nesting 5000 deep", "cosa-compose", &[], |e| e.config("image.yaml", format!("extra-kargs: {}{}\n", "[".repeat(5000), "]".repeat(5000))), 1, &["image.yaml"]),
         // --- local builds.json ---
         c("builds.json id ../", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("../../sentinel", "x86_64")), 1, &["builds.json", "build id"]),
         c("builds.json id absolute", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("/etc", "x86_64")), 1, &["builds.json", "build id"]),
-        c("builds.json id 'latest'", "cosa-image", &[], |e| e.local_builds(builds_with("latest", "x86_64")), 1, &["builds.json", "reserved"]),
+        c("builds.json id 'latest'", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("latest", "x86_64")), 1, &["builds.json", "reserved"]),
         c("builds.json arch traversal", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("1.0", "../../sentinel")), 1, &["builds.json", "arch"]),
         c("builds.json arch with slash", "cosa-fetch", FETCH_ALL, |e| e.local_builds(builds_with("1.0", "x86_64/../..")), 1, &["builds.json", "arch"]),
         c("builds.json wrong type", "cosa-upload", UPLOAD, |e| e.local_builds("{\"schema-version\": \"1.0.0\", \"builds\": \"all\"}"), 1, &["builds.json:1"]),
         c("builds.json invalid UTF-8", "cosa-upload", UPLOAD, |e| e.local_builds(b"{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\": \"\xff\", \"arches\": []}]}"), 1, &["builds.json"]),
         c("builds.json nesting 5000 deep", "cosa-upload", UPLOAD, |e| e.local_builds(deep_json()), 1, &["builds.json"]),
         c("builds.json huge", "cosa-upload", UPLOAD, |e| Env::huge(&e.root().join("builds/builds.json"), 300 << 20), 1, &["builds.json", "larger"]),
-        c("builds.json truncated", "cosa-changed", &[], |e| e.local_builds("{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\""), 1, &["builds.json"]),
+        c("store builds.json truncated", "cosa-changed", &["--against", "{store}"], |e| e.store_builds("{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\""), 1, &["builds.json"]),
         c("latest symlink leads out", "cosa-image", &[], |e| {
             let l = e.root().join("builds/latest");
             std::fs::remove_file(&l)?;
@@ -262,11 +268,6 @@ fn cases() -> Vec<Case> {
             std::fs::remove_file(&p)?;
             Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
         }, 1, &[ART]),
-        c("meta.json arch dir symlink leads out", "cosa-upload", UPLOAD, |e| {
-            let d = e.root().join("builds/1.0/aarch64");
-            std::os::unix::fs::symlink(e.sentinel(), &d)?;
-            Ok(())
-        }, 1, &["aarch64"]),
         c("meta.json buildid mismatch", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["buildid"] = json!("2.0")), 1, &["meta.json", "2.0"]),
         c("meta.json sha256 not hex", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"]["a0"]["sha256"] = json!("zz")), 1, &["meta.json", "sha256"]),
         c("meta.json size wrong type", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"]["a0"]["size"] = json!("big")), 1, &["meta.json"]),
@@ -295,12 +296,27 @@ fn cases() -> Vec<Case> {
             std::fs::remove_file(&p)?;
             Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
         }, 1, &[ART]),
+        // Planted symlinks in the local build directory: never written through. The
+        // fetch succeeds (the links are replaced), nothing outside changes.
+        c("local partial file symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
+            std::fs::create_dir_all(e.arch_dir())?;
+            let p = e.arch_dir().join(format!(".cosa-tmp.{ART}.partial"));
+            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
+        }, 0, &[]),
+        c("local artifact symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
+            std::fs::create_dir_all(e.arch_dir())?;
+            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), e.arch_dir().join(ART))?)
+        }, 0, &[]),
+        c("local meta.json symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
+            std::fs::create_dir_all(e.arch_dir())?;
+            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), e.arch_dir().join("meta.json"))?)
+        }, 0, &[]),
         c("store meta.json missing", "cosa-fetch", FETCH_ALL, |e| Ok(std::fs::remove_file(e.store().join("1.0/x86_64/meta.json"))?), 1, &["meta.json"]),
         // --- command-line arguments ---
-        c("fetch --build ../", "cosa-fetch", &["--url", "{store}", "--build", "../sentinel"], none, 1, &["build id"]),
+        c("fetch --build ../", "cosa-fetch", &["--url", "{store}", "--build", "../sentinel"], none, 1, &["../sentinel"]),
         c("fetch --arch traversal", "cosa-fetch", &["--url", "{store}", "--arch", "../../sentinel"], none, 1, &["arch"]),
         c("fetch --artifact traversal", "cosa-fetch", &["--url", "{store}", "--artifact", "../../x"], none, 1, &["../../x"]),
-        c("fetch --file traversal", "cosa-fetch", &["--url", "{store}", "--file", "../../../sentinel/pwned"], none, 1, &["../../../sentinel/pwned"]),
+        c("fetch --file traversal", "cosa-fetch", &["--url", "{store}", "--file", "../../../sentinel/pwned"], none, 2, &[]),
         c("fetch --url unknown scheme", "cosa-fetch", &["--url", "ftp://127.0.0.1/x"], none, 1, &["ftp"]),
         c("fetch --url empty bucket", "cosa-fetch", &["--url", "s3:///x"], none, 1, &["s3://"]),
         c("upload --build absolute", "cosa-upload", &["--url", "{store}", "--build", "/etc"], none, 1, &["build id"]),
@@ -317,7 +333,7 @@ fn cases() -> Vec<Case> {
 }
 
 fn check_case(c: &Case) -> Result<()> {
-    let e = Env::new()?;
+    let e = Env::new(c.bin == "cosa-fetch")?;
     (c.setup)(&e).context("setup")?;
     let with_store = c.bin != "cosa-upload";
     let before = e.snapshot(with_store)?;
@@ -334,6 +350,9 @@ fn check_case(c: &Case) -> Result<()> {
     let r = run(&mut cmd)?;
     ensure!(!r.stderr.contains("panicked"), "panic:\n{}", r.stderr);
     ensure!(r.code == c.code, "exit code {} (want {}):\n{}", r.code, c.code, r.stderr);
+    if c.code == 0 {
+        crate::consistency::check_workdir(e.root())?;
+    }
     if c.code == 1 {
         let lines: Vec<_> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
         ensure!(lines.len() == 1, "want one error line:\n{}", r.stderr);

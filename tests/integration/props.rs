@@ -144,7 +144,7 @@ proptest! {
     fn meta_json_round_trips(
         id in valid_id(),
         arch in valid_arch(),
-        images in proptest::collection::btree_map("[a-z][a-z0-9-]{0,10}", ("[a-z0-9._-]{1,20}\\.raw", "[0-9a-f]{64}", any::<u32>()), 0..6),
+        images in proptest::collection::btree_map("[a-z][a-z0-9-]{0,10}", ("[a-z0-9][a-z0-9_-]{0,19}\\.raw", "[0-9a-f]{64}", any::<u32>()), 0..6),
     ) {
         let mut m = minimal_meta(&id, &arch);
         for (k, (path, sha256, size)) in images {
