@@ -5,6 +5,7 @@ mod actions;
 mod changed;
 mod common;
 mod compose;
+mod crash;
 mod consistency;
 mod example;
 mod extend;
