@@ -92,7 +92,8 @@ fn check(what: &str, r: &Run, ci: &Ci, secrets: &[String]) -> Result<()> {
     // The run really logged at trace level (otherwise the search proves little).
     ensure!(
         r.stderr.contains("TRACE") || r.stderr.contains("DEBUG"),
-        "{what}: no debug/trace output"
+        "{what}: no debug/trace output:\n{}",
+        r.stderr
     );
     Ok(())
 }
@@ -187,7 +188,7 @@ fn store_binaries_at_trace_level_print_no_secret() -> Result<()> {
     ok("cosa-changed over http", &r)?;
     check("cosa-changed over http", &r, &ci, &secrets)?;
     // A store that is not there: the error names it, without the credentials.
-    let gone = cred_url.replace(&server.url, "http://127.0.0.1:9");
+    let gone = cred_url.replace(server.url.trim_start_matches("http://"), "127.0.0.1:9");
     let r = run(ci
         .cmd("cosa-fetch")
         .args(["--workdir", t2.root().as_str(), "--url", &gone]))?;
@@ -204,11 +205,11 @@ fn store_binaries_at_trace_level_print_no_secret() -> Result<()> {
     let gh = rt.block_on(MockServer::start());
     let seen = SeenTokens::default();
     rt.block_on(Mock::given(any()).respond_with(seen.clone()).mount(&gh));
-    for name in ["cosa-upload", "cosa-fetch"] {
+    for (name, wd) in [("cosa-upload", &t), ("cosa-fetch", &t2)] {
         let r = run(ci
             .cmd(name)
             .env("GITHUB_API_URL", gh.uri())
-            .args(["--workdir", t2.root().as_str(), "--url", "gh-release://o/r/t"]))?;
+            .args(["--workdir", wd.root().as_str(), "--url", "gh-release://o/r/t"]))?;
         ensure!(r.code == 1, "{name} against a missing release:\n{}", r.stderr);
         check(&format!("{name} gh-release"), &r, &ci, &secrets)?;
     }
