@@ -42,7 +42,9 @@ pub fn expand_prefix(prefix: &str, now: DateTime<Utc>) -> Result<(String, bool)>
             format_args!("{}", now.format_with_items(items.into_iter())),
         )
         .map_err(|_| {
-            anyhow::anyhow!("automatic-version-prefix {prefix:?}: cannot format a date with {fmt:?}")
+            anyhow::anyhow!(
+                "automatic-version-prefix {prefix:?}: cannot format a date with {fmt:?}"
+            )
         })?;
         dated = true;
         rest = &after[end + 1..];

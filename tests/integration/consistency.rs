@@ -25,7 +25,11 @@ pub fn check_workdir(root: &Utf8Path) -> Result<usize> {
                 let p = dir.join(&a.path);
                 let (sum, size) = cosa::fsutil::sha256_file(&p)
                     .with_context(|| format!("build {} {arch}: images.{key}", b.id))?;
-                ensure!(sum == a.sha256, "{p}: sha256 {sum}, meta.json says {}", a.sha256);
+                ensure!(
+                    sum == a.sha256,
+                    "{p}: sha256 {sum}, meta.json says {}",
+                    a.sha256
+                );
                 if let Some(want) = a.size {
                     ensure!(size == want, "{p}: {size} bytes, meta.json says {want}");
                 }
@@ -80,7 +84,11 @@ pub fn check_s3_store(
                 let data = s3_get(rt, s, &ak)?
                     .with_context(|| format!("{mk} lists images.{key} {ak}, missing"))?;
                 let sum = hex::encode(Sha256::digest(&data));
-                ensure!(sum == a.sha256, "{ak}: sha256 {sum}, {mk} says {}", a.sha256);
+                ensure!(
+                    sum == a.sha256,
+                    "{ak}: sha256 {sum}, {mk} says {}",
+                    a.sha256
+                );
             }
         }
     }

@@ -8,8 +8,8 @@
 //! children too), as a cancelled CI job or a lost machine does.
 //!
 //! Seeded and reproducible: the seed is printed; `COSA_CRASH_SEED=<n>` replays it.
-//! Runs per binary: `COSA_CRASH_RUNS` (default: 3 for compose, 2 for image and
-//! extend, 6 for upload, which keeps this module within a few minutes on 2 cores).
+//! Runs per binary: `COSA_CRASH_RUNS` (default: 3 for compose and image, 4 for
+//! extend, 8 for upload: the module then takes about 1.5 minutes on 2 shared cores).
 //! The long mode: `COSA_CRASH_RUNS=30 cargo test --test integration crash::`.
 
 use std::os::unix::process::CommandExt;
@@ -122,7 +122,12 @@ fn crash_workdir(what: &str, tpl: &Utf8Path, name: &str, args: &[&str], n: usize
     let mut hits = Vec::new();
     for i in 0..n {
         let at = full.mul_f64(rng.f64());
-        let ctx = || format!("{what} run {i}: kill -9 at {} ms (COSA_CRASH_SEED={seed})", at.as_millis());
+        let ctx = || {
+            format!(
+                "{what} run {i}: kill -9 at {} ms (COSA_CRASH_SEED={seed})",
+                at.as_millis()
+            )
+        };
         let (_td, root) = copy_of(tpl)?;
         let mut cmd = bin(name);
         cmd.arg("--workdir").arg(root.as_str()).args(args);
@@ -132,7 +137,8 @@ fn crash_workdir(what: &str, tpl: &Utf8Path, name: &str, args: &[&str], n: usize
         check_workdir(&root).with_context(|| format!("{} (right after the kill)", ctx()))?;
         let r = run(bin(name).arg("--workdir").arg(root.as_str()).args(args))?;
         ensure!(r.code == 0, "{}: the rerun failed:\n{}", ctx(), r.stderr);
-        let builds = check_workdir(&root).with_context(|| format!("{} (after the rerun)", ctx()))?;
+        let builds =
+            check_workdir(&root).with_context(|| format!("{} (after the rerun)", ctx()))?;
         ensure!(builds >= 1, "{}: no build after the rerun", ctx());
     }
     let _g = LOG.get_or_init(|| Mutex::new(())).lock();
@@ -153,13 +159,28 @@ fn compose_killed_at_random_points() -> Result<()> {
 #[test]
 fn image_killed_at_random_points() -> Result<()> {
     let t = template(&[("cosa-compose", &[])])?;
-    crash_workdir("cosa-image", &t.root, "cosa-image", &["--platform", "qemu"], runs(2))
+    crash_workdir(
+        "cosa-image",
+        &t.root,
+        "cosa-image",
+        &["--platform", "qemu"],
+        runs(3),
+    )
 }
 
 #[test]
 fn extend_killed_at_random_points() -> Result<()> {
-    let t = template(&[("cosa-compose", &[]), ("cosa-image", &["--platform", "qemu"])])?;
-    crash_workdir("cosa-extend", &t.root, "cosa-extend", &["--platform", "openstack"], runs(2))
+    let t = template(&[
+        ("cosa-compose", &[]),
+        ("cosa-image", &["--platform", "qemu"]),
+    ])?;
+    crash_workdir(
+        "cosa-extend",
+        &t.root,
+        "cosa-extend",
+        &["--platform", "openstack"],
+        runs(4),
+    )
 }
 
 /// cosa-upload to s3s-fs, killed at random points: the store is consistent at once
@@ -187,7 +208,7 @@ fn upload_killed_at_random_points() -> Result<()> {
     let r = run(&mut upload("timing"))?;
     ensure!(r.code == 0, "upload failed:\n{}", r.stderr);
     let full = start.elapsed();
-    let n = runs(6);
+    let n = runs(8);
     let mut hits = Vec::new();
     for i in 0..n {
         let prefix = format!("crash{i}");
@@ -199,7 +220,8 @@ fn upload_killed_at_random_points() -> Result<()> {
         if run_and_kill(upload(&prefix), at)? {
             hits.push(at.as_millis());
         }
-        check_s3_store(&rt, &s, &prefix).with_context(|| format!("{ctx} (right after the kill)"))?;
+        check_s3_store(&rt, &s, &prefix)
+            .with_context(|| format!("{ctx} (right after the kill)"))?;
         let r = run(&mut upload(&prefix))?;
         ensure!(r.code == 0, "{ctx}: the rerun failed:\n{}", r.stderr);
         let b = check_s3_store(&rt, &s, &prefix)?.context("no builds.json after the rerun")?;

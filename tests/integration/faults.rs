@@ -274,7 +274,9 @@ fn handle(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> Result
             reset(&client);
             return Ok(());
         }
-        Some(Fault::Error500) => return s3_error(&mut client, "500 Internal Server Error", "InternalError"),
+        Some(Fault::Error500) => {
+            return s3_error(&mut client, "500 Internal Server Error", "InternalError");
+        }
         Some(Fault::SlowDown) => return s3_error(&mut client, "503 Slow Down", "SlowDown"),
         Some(Fault::StallShort) => std::thread::sleep(STALL_SHORT),
         Some(Fault::StallLong) => std::thread::sleep(STALL_LONG),
@@ -297,7 +299,9 @@ fn handle(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> Result
     up.read_to_end(&mut resp)?;
     // Drop interim 100 Continue answers: the client had ours.
     while resp.starts_with(b"HTTP/1.1 100") {
-        let Some(end) = find(&resp, b"\r\n\r\n") else { break };
+        let Some(end) = find(&resp, b"\r\n\r\n") else {
+            break;
+        };
         resp.drain(..end + 4);
     }
     if fault == Some(Fault::ResetAfter) {
@@ -350,7 +354,10 @@ impl Step {
     fn upload(self) -> bool {
         matches!(
             self,
-            Self::UploadArtifact | Self::UploadMeta | Self::UploadReadBuilds | Self::UploadWriteBuilds
+            Self::UploadArtifact
+                | Self::UploadMeta
+                | Self::UploadReadBuilds
+                | Self::UploadWriteBuilds
         )
     }
     fn methods(self) -> &'static [&'static str] {
@@ -453,7 +460,11 @@ impl<'a> Case<'a> {
             proxy.inject(step.methods(), step.key(), fault, times);
             self.fetch(&dst, &proxy.url)?
         };
-        ensure!(proxy.fired() >= 1, "{what}: the fault never fired: {:?}", proxy.requests());
+        ensure!(
+            proxy.fired() >= 1,
+            "{what}: the fault never fired: {:?}",
+            proxy.requests()
+        );
         ensure!(
             !r.stderr.contains("panicked"),
             "{what}: panic:\n{}",
@@ -471,7 +482,10 @@ impl<'a> Case<'a> {
                 .count();
             ensure!(asked >= 2, "{what}: waited out a stall instead of retrying");
         }
-        ensure!(requests < 200, "{what}: {requests} requests: unbounded retries");
+        ensure!(
+            requests < 200,
+            "{what}: {requests} requests: unbounded retries"
+        );
         if r.code != 0 {
             ensure!(r.code == 1, "{what}: exit code {}:\n{}", r.code, r.stderr);
             let line = r.error_line();
@@ -540,7 +554,10 @@ fn step(kind: Kind, step: Step) -> Result<()> {
         let times = if fault == Fault::StallLong { 1 } else { 2 };
         n += 1;
         let ok = Case::new(&s, &rt, n)?.run(step, fault, times)?;
-        ensure!(ok, "{step:?} {fault:?} x{times}: a transient fault must be retried");
+        ensure!(
+            ok,
+            "{step:?} {fault:?} x{times}: a transient fault must be retried"
+        );
     }
     for fault in [Fault::SlowDown, Fault::Reset] {
         n += 1;

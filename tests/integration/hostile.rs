@@ -103,7 +103,10 @@ impl Env {
     }
 
     fn local_builds(&self, data: impl AsRef<[u8]>) -> Result<()> {
-        Ok(std::fs::write(self.root().join("builds/builds.json"), data)?)
+        Ok(std::fs::write(
+            self.root().join("builds/builds.json"),
+            data,
+        )?)
     }
 
     fn store_builds(&self, data: impl AsRef<[u8]>) -> Result<()> {
@@ -178,7 +181,11 @@ fn invalid_utf8() -> Vec<u8> {
 }
 
 fn deep_yaml() -> String {
-    format!("ref: x\npackages: {}{}\n", "[".repeat(5000), "]".repeat(5000))
+    format!(
+        "ref: x\npackages: {}{}\n",
+        "[".repeat(5000),
+        "]".repeat(5000)
+    )
 }
 
 fn deep_json() -> String {
@@ -211,124 +218,783 @@ fn cases() -> Vec<Case> {
     };
     vec![
         // --- treefile (cosa-compose) ---
-        c("treefile alias bomb", "cosa-compose", &[], |e| e.config("manifest.yaml", BOMB), 1, &["manifest.yaml"]),
-        c("treefile invalid UTF-8", "cosa-compose", &[], |e| e.config("manifest.yaml", invalid_utf8()), 1, &["manifest.yaml", "utf-8"]),
-        c("treefile huge", "cosa-compose", &[], |e| Env::huge(&e.t.wd.config_dir().join("manifest.yaml"), 64 << 20), 1, &["manifest.yaml", "larger"]),
-        c("treefile packages wrong type", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: 42\n"), 1, &["manifest.yaml:2"]),
-        c("treefile ref wrong type", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: [a, b]\npackages: [bash]\n"), 1, &["manifest.yaml:1"]),
-        c("treefile nesting 5000 deep", "cosa-compose", &[], |e| e.config("manifest.yaml", deep_yaml()), 1, &["manifest.yaml"]),
-        c("treefile duplicate key", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\nref: y\npackages: [bash]\n"), 1, &["manifest.yaml:2", "duplicate"]),
-        c("treefile unknown key", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrm-rf: /\n"), 1, &["manifest.yaml", "rm-rf"]),
-        c("treefile empty", "cosa-compose", &[], |e| e.config("manifest.yaml", ""), 1, &["manifest.yaml"]),
-        c("treefile not YAML", "cosa-compose", &[], |e| e.config("manifest.yaml", "\t- : : [\n"), 1, &["manifest.yaml"]),
-        c("treefile is a directory", "cosa-compose", &[], |e| {
-            std::fs::remove_file(e.t.wd.config_dir().join("manifest.yaml"))?;
-            Ok(std::fs::create_dir(e.t.wd.config_dir().join("manifest.yaml"))?)
-        }, 1, &["manifest.yaml"]),
-        c("treefile include loop", "cosa-compose", &[], |e| e.config("manifest.yaml", "include: manifest.yaml\nref: x\n"), 1, &["manifest.yaml", "include"]),
-        c("treefile include absolute", "cosa-compose", &[], |e| e.config("manifest.yaml", "include: /etc/passwd\nref: x\n"), 1, &["/etc/passwd"]),
-        c("treefile include missing traversal", "cosa-compose", &[], |e| e.config("manifest.yaml", "include: ../../../nope/x.yaml\nref: x\n"), 1, &["x.yaml"]),
-        c("treefile add-files source escapes config", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"../../../sentinel/secret.txt\", \"/etc/x\"]\n"), 1, &["../../../sentinel/secret.txt"]),
-        c("treefile add-files destination traversal", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"image.yaml\", \"../../../../tmp/cosa-pwned\"]\n"), 1, &["cosa-pwned"]),
-        c("treefile postprocess-script outside", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\npostprocess-script: /etc/passwd\n"), 1, &["postprocess"]),
-        c("treefile include of a file outside", "cosa-compose", &[], |e| e.config("manifest.yaml", "include: ../../../sentinel/secret.txt\nref: x\n"), 1, &["secret.txt"]),
-        c("treefile package is a map", "cosa-compose", &[], |e| e.config("manifest.yaml", "ref: x\npackages: [{a: b}]\n"), 1, &["manifest.yaml:2"]),
+        c(
+            "treefile alias bomb",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", BOMB),
+            1,
+            &["manifest.yaml"],
+        ),
+        c(
+            "treefile invalid UTF-8",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", invalid_utf8()),
+            1,
+            &["manifest.yaml", "utf-8"],
+        ),
+        c(
+            "treefile huge",
+            "cosa-compose",
+            &[],
+            |e| Env::huge(&e.t.wd.config_dir().join("manifest.yaml"), 64 << 20),
+            1,
+            &["manifest.yaml", "larger"],
+        ),
+        c(
+            "treefile packages wrong type",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "ref: x\npackages: 42\n"),
+            1,
+            &["manifest.yaml:2"],
+        ),
+        c(
+            "treefile ref wrong type",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "ref: [a, b]\npackages: [bash]\n"),
+            1,
+            &["manifest.yaml:1"],
+        ),
+        c(
+            "treefile nesting 5000 deep",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", deep_yaml()),
+            1,
+            &["manifest.yaml"],
+        ),
+        c(
+            "treefile duplicate key",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "ref: x\nref: y\npackages: [bash]\n"),
+            1,
+            &["manifest.yaml:2", "duplicate"],
+        ),
+        c(
+            "treefile unknown key",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "ref: x\npackages: [bash]\nrm-rf: /\n"),
+            1,
+            &["manifest.yaml", "rm-rf"],
+        ),
+        c(
+            "treefile empty",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", ""),
+            1,
+            &["manifest.yaml"],
+        ),
+        c(
+            "treefile not YAML",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "\t- : : [\n"),
+            1,
+            &["manifest.yaml"],
+        ),
+        c(
+            "treefile is a directory",
+            "cosa-compose",
+            &[],
+            |e| {
+                std::fs::remove_file(e.t.wd.config_dir().join("manifest.yaml"))?;
+                Ok(std::fs::create_dir(
+                    e.t.wd.config_dir().join("manifest.yaml"),
+                )?)
+            },
+            1,
+            &["manifest.yaml"],
+        ),
+        c(
+            "treefile include loop",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "include: manifest.yaml\nref: x\n"),
+            1,
+            &["manifest.yaml", "include"],
+        ),
+        c(
+            "treefile include absolute",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "include: /etc/passwd\nref: x\n"),
+            1,
+            &["/etc/passwd"],
+        ),
+        c(
+            "treefile include missing traversal",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "include: ../../../nope/x.yaml\nref: x\n"),
+            1,
+            &["x.yaml"],
+        ),
+        c(
+            "treefile add-files source escapes config",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"../../../sentinel/secret.txt\", \"/etc/x\"]\n")
+            },
+            1,
+            &["../../../sentinel/secret.txt"],
+        ),
+        c(
+            "treefile add-files destination traversal",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config("manifest.yaml", "ref: x\npackages: [bash]\nrepos: [example]\nadd-files:\n  - [\"image.yaml\", \"../../../../tmp/cosa-pwned\"]\n")
+            },
+            1,
+            &["cosa-pwned"],
+        ),
+        c(
+            "treefile postprocess-script outside",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config(
+                    "manifest.yaml",
+                    "ref: x\npackages: [bash]\nrepos: [example]\npostprocess-script: /etc/passwd\n",
+                )
+            },
+            1,
+            &["postprocess"],
+        ),
+        c(
+            "treefile include of a file outside",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config(
+                    "manifest.yaml",
+                    "include: ../../../sentinel/secret.txt\nref: x\n",
+                )
+            },
+            1,
+            &["secret.txt"],
+        ),
+        c(
+            "treefile package is a map",
+            "cosa-compose",
+            &[],
+            |e| e.config("manifest.yaml", "ref: x\npackages: [{a: b}]\n"),
+            1,
+            &["manifest.yaml:2"],
+        ),
         // --- image.yaml (cosa-image) ---
-        c("image.yaml alias bomb", "cosa-compose", &[], |e| e.config("image.yaml", BOMB.replace("ref: x\npackages: *i", "extra-kargs: *i")), 1, &["image.yaml"]),
-        c("image.yaml invalid UTF-8", "cosa-compose", &[], |e| e.config("image.yaml", b"size: 3\nbootfs: \"ext\xff4\"\n"), 1, &["image.yaml"]),
-        c("image.yaml huge", "cosa-compose", &[], |e| Env::huge(&e.t.wd.config_dir().join("image.yaml"), 64 << 20), 1, &["image.yaml", "larger"]),
-        c("image.yaml size wrong type", "cosa-compose", &[], |e| e.config("image.yaml", "size: big\n"), 1, &["image.yaml:1"]),
-        c("image.yaml negative size", "cosa-compose", &[], |e| e.config("image.yaml", "size: -1\n"), 1, &["image.yaml"]),
-        c("image.yaml enormous size", "cosa-compose", &[], |e| e.config("image.yaml", "size: 99999999999999999999999\n"), 1, &["image.yaml"]),
-        c("image.yaml bad fs", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nrootfs: \"../../x\"\n"), 1, &["image.yaml"]),
-        c("image.yaml kargs wrong type", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nextra-kargs: {a: b}\n"), 1, &["image.yaml"]),
-        c("image.yaml unknown key", "cosa-compose", &[], |e| e.config("image.yaml", "size: 3\nformat-disk: /dev/sda\n"), 1, &["image.yaml", "format-disk"]),
-        c("image.yaml nesting 5000 deep", "cosa-compose", &[], |e| e.config("image.yaml", format!("extra-kargs: {}{}\n", "[".repeat(5000), "]".repeat(5000))), 1, &["image.yaml"]),
+        c(
+            "image.yaml alias bomb",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config(
+                    "image.yaml",
+                    BOMB.replace("ref: x\npackages: *i", "extra-kargs: *i"),
+                )
+            },
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml invalid UTF-8",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", b"size: 3\nbootfs: \"ext\xff4\"\n"),
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml huge",
+            "cosa-compose",
+            &[],
+            |e| Env::huge(&e.t.wd.config_dir().join("image.yaml"), 64 << 20),
+            1,
+            &["image.yaml", "larger"],
+        ),
+        c(
+            "image.yaml size wrong type",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: big\n"),
+            1,
+            &["image.yaml:1"],
+        ),
+        c(
+            "image.yaml negative size",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: -1\n"),
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml enormous size",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: 99999999999999999999999\n"),
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml bad fs",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: 3\nrootfs: \"../../x\"\n"),
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml kargs wrong type",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: 3\nextra-kargs: {a: b}\n"),
+            1,
+            &["image.yaml"],
+        ),
+        c(
+            "image.yaml unknown key",
+            "cosa-compose",
+            &[],
+            |e| e.config("image.yaml", "size: 3\nformat-disk: /dev/sda\n"),
+            1,
+            &["image.yaml", "format-disk"],
+        ),
+        c(
+            "image.yaml nesting 5000 deep",
+            "cosa-compose",
+            &[],
+            |e| {
+                e.config(
+                    "image.yaml",
+                    format!("extra-kargs: {}{}\n", "[".repeat(5000), "]".repeat(5000)),
+                )
+            },
+            1,
+            &["image.yaml"],
+        ),
         // --- local builds.json ---
-        c("builds.json id ../", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("../../sentinel", "x86_64")), 1, &["builds.json", "build id"]),
-        c("builds.json id absolute", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("/etc", "x86_64")), 1, &["builds.json", "build id"]),
-        c("builds.json id 'latest'", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("latest", "x86_64")), 1, &["builds.json", "reserved"]),
-        c("builds.json arch traversal", "cosa-upload", UPLOAD, |e| e.local_builds(builds_with("1.0", "../../sentinel")), 1, &["builds.json", "arch"]),
-        c("builds.json arch with slash", "cosa-fetch", FETCH_ALL, |e| e.local_builds(builds_with("1.0", "x86_64/../..")), 1, &["builds.json", "arch"]),
-        c("builds.json wrong type", "cosa-upload", UPLOAD, |e| e.local_builds("{\"schema-version\": \"1.0.0\", \"builds\": \"all\"}"), 1, &["builds.json:1"]),
-        c("builds.json invalid UTF-8", "cosa-upload", UPLOAD, |e| e.local_builds(b"{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\": \"\xff\", \"arches\": []}]}"), 1, &["builds.json"]),
-        c("builds.json nesting 5000 deep", "cosa-upload", UPLOAD, |e| e.local_builds(deep_json()), 1, &["builds.json"]),
-        c("builds.json huge", "cosa-upload", UPLOAD, |e| Env::huge(&e.root().join("builds/builds.json"), 300 << 20), 1, &["builds.json", "larger"]),
-        c("store builds.json truncated", "cosa-changed", &["--against", "{store}"], |e| e.store_builds("{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\""), 1, &["builds.json"]),
-        c("latest symlink leads out", "cosa-image", &[], |e| {
-            let l = e.root().join("builds/latest");
-            std::fs::remove_file(&l)?;
-            Ok(std::os::unix::fs::symlink("../../sentinel", l)?)
-        }, 1, &["latest"]),
+        c(
+            "builds.json id ../",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds(builds_with("../../sentinel", "x86_64")),
+            1,
+            &["builds.json", "build id"],
+        ),
+        c(
+            "builds.json id absolute",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds(builds_with("/etc", "x86_64")),
+            1,
+            &["builds.json", "build id"],
+        ),
+        c(
+            "builds.json id 'latest'",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds(builds_with("latest", "x86_64")),
+            1,
+            &["builds.json", "reserved"],
+        ),
+        c(
+            "builds.json arch traversal",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds(builds_with("1.0", "../../sentinel")),
+            1,
+            &["builds.json", "arch"],
+        ),
+        c(
+            "builds.json arch with slash",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.local_builds(builds_with("1.0", "x86_64/../..")),
+            1,
+            &["builds.json", "arch"],
+        ),
+        c(
+            "builds.json wrong type",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds("{\"schema-version\": \"1.0.0\", \"builds\": \"all\"}"),
+            1,
+            &["builds.json:1"],
+        ),
+        c(
+            "builds.json invalid UTF-8",
+            "cosa-upload",
+            UPLOAD,
+            |e| {
+                e.local_builds(b"{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\": \"\xff\", \"arches\": []}]}")
+            },
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "builds.json nesting 5000 deep",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_builds(deep_json()),
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "builds.json huge",
+            "cosa-upload",
+            UPLOAD,
+            |e| Env::huge(&e.root().join("builds/builds.json"), 300 << 20),
+            1,
+            &["builds.json", "larger"],
+        ),
+        c(
+            "store builds.json truncated",
+            "cosa-changed",
+            &["--against", "{store}"],
+            |e| e.store_builds("{\"schema-version\": \"1.0.0\", \"builds\": [{\"id\""),
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "latest symlink leads out",
+            "cosa-image",
+            &[],
+            |e| {
+                let l = e.root().join("builds/latest");
+                std::fs::remove_file(&l)?;
+                Ok(std::os::unix::fs::symlink("../../sentinel", l)?)
+            },
+            1,
+            &["latest"],
+        ),
         // --- local meta.json (cosa-upload reads and sends the artifacts) ---
-        c("meta.json artifact path ../", "cosa-upload", UPLOAD, |e| e.local_meta(|v| image_path(v, "../../../sentinel/secret.txt")), 1, &["meta.json", "../../../sentinel/secret.txt"]),
-        c("meta.json artifact path absolute", "cosa-upload", UPLOAD, |e| e.local_meta(|v| image_path(v, "/etc/passwd")), 1, &["meta.json", "/etc/passwd"]),
-        c("meta.json artifact symlink leads out", "cosa-upload", UPLOAD, |e| {
-            let p = e.arch_dir().join(ART);
-            std::fs::remove_file(&p)?;
-            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
-        }, 1, &[ART]),
-        c("meta.json buildid mismatch", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["buildid"] = json!("2.0")), 1, &["meta.json", "2.0"]),
-        c("meta.json sha256 not hex", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"]["a0"]["sha256"] = json!("zz")), 1, &["meta.json", "sha256"]),
-        c("meta.json size wrong type", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"]["a0"]["size"] = json!("big")), 1, &["meta.json"]),
-        c("meta.json images wrong type", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"] = json!([1, 2])), 1, &["meta.json"]),
-        c("meta.json invalid UTF-8", "cosa-upload", UPLOAD, |e| Ok(std::fs::write(e.arch_dir().join("meta.json"), b"{\"buildid\": \"1.\xff\"}")?), 1, &["meta.json"]),
-        c("meta.json huge", "cosa-upload", UPLOAD, |e| Env::huge(&e.arch_dir().join("meta.json"), 300 << 20), 1, &["meta.json", "larger"]),
-        c("meta.json artifact sha256 wrong", "cosa-upload", UPLOAD, |e| e.local_meta(|v| v["images"]["a0"]["sha256"] = json!("0".repeat(64))), 1, &[ART, "sha256"]),
+        c(
+            "meta.json artifact path ../",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| image_path(v, "../../../sentinel/secret.txt")),
+            1,
+            &["meta.json", "../../../sentinel/secret.txt"],
+        ),
+        c(
+            "meta.json artifact path absolute",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| image_path(v, "/etc/passwd")),
+            1,
+            &["meta.json", "/etc/passwd"],
+        ),
+        c(
+            "meta.json artifact symlink leads out",
+            "cosa-upload",
+            UPLOAD,
+            |e| {
+                let p = e.arch_dir().join(ART);
+                std::fs::remove_file(&p)?;
+                Ok(std::os::unix::fs::symlink(
+                    e.sentinel().join("secret.txt"),
+                    p,
+                )?)
+            },
+            1,
+            &[ART],
+        ),
+        c(
+            "meta.json buildid mismatch",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| v["buildid"] = json!("2.0")),
+            1,
+            &["meta.json", "2.0"],
+        ),
+        c(
+            "meta.json sha256 not hex",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| v["images"]["a0"]["sha256"] = json!("zz")),
+            1,
+            &["meta.json", "sha256"],
+        ),
+        c(
+            "meta.json size wrong type",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| v["images"]["a0"]["size"] = json!("big")),
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "meta.json images wrong type",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| v["images"] = json!([1, 2])),
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "meta.json invalid UTF-8",
+            "cosa-upload",
+            UPLOAD,
+            |e| {
+                Ok(std::fs::write(
+                    e.arch_dir().join("meta.json"),
+                    b"{\"buildid\": \"1.\xff\"}",
+                )?)
+            },
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "meta.json huge",
+            "cosa-upload",
+            UPLOAD,
+            |e| Env::huge(&e.arch_dir().join("meta.json"), 300 << 20),
+            1,
+            &["meta.json", "larger"],
+        ),
+        c(
+            "meta.json artifact sha256 wrong",
+            "cosa-upload",
+            UPLOAD,
+            |e| e.local_meta(|v| v["images"]["a0"]["sha256"] = json!("0".repeat(64))),
+            1,
+            &[ART, "sha256"],
+        ),
         // --- store responses (cosa-fetch from a file store) ---
-        c("store builds.json id ../", "cosa-fetch", FETCH_ALL, |e| e.store_builds(builds_with("../../sentinel", "x86_64")), 1, &["builds.json", "build id"]),
-        c("store builds.json id absolute", "cosa-fetch", FETCH_ALL, |e| e.store_builds(builds_with("/tmp/cosa-pwned", "x86_64")), 1, &["builds.json", "build id"]),
-        c("store builds.json arch traversal", "cosa-fetch", FETCH_ALL, |e| e.store_builds(builds_with("1.0", "..")), 1, &["builds.json", "arch"]),
-        c("store builds.json wrong type", "cosa-fetch", FETCH_ALL, |e| e.store_builds("{\"schema-version\": 1, \"builds\": {}}"), 1, &["builds.json"]),
-        c("store builds.json invalid UTF-8", "cosa-fetch", FETCH_ALL, |e| e.store_builds(b"\xff\xfe{}"), 1, &["builds.json"]),
-        c("store builds.json huge", "cosa-fetch", FETCH_ALL, |e| Env::huge(&e.store().join("builds.json"), 300 << 20), 1, &["builds.json", "larger"]),
-        c("store builds.json nesting 5000 deep", "cosa-fetch", FETCH_ALL, |e| e.store_builds(deep_json()), 1, &["builds.json"]),
-        c("store meta.json artifact path ../", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| image_path(v, "../../../sentinel/pwned")), 1, &["meta.json", "../../../sentinel/pwned"]),
-        c("store meta.json artifact path absolute", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| image_path(v, "/tmp/cosa-pwned")), 1, &["meta.json", "/tmp/cosa-pwned"]),
-        c("store meta.json artifact named meta.json", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| image_path(v, "meta.json")), 1, &["meta.json"]),
-        c("store meta.json buildid mismatch", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| v["buildid"] = json!("../x")), 1, &["meta.json"]),
-        c("store meta.json wrong type", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| v["images"] = json!("all")), 1, &["meta.json"]),
-        c("store meta.json huge", "cosa-fetch", FETCH_ALL, |e| Env::huge(&e.store().join("1.0/x86_64/meta.json"), 300 << 20), 1, &["meta.json", "larger"]),
-        c("store meta.json size larger than the object", "cosa-fetch", FETCH_ALL, |e| e.store_meta(|v| v["images"]["a0"]["size"] = json!(1u64 << 50)), 1, &[ART]),
-        c("store artifact corrupt", "cosa-fetch", FETCH_ALL, |e| Ok(std::fs::write(e.store().join("1.0/x86_64").join(ART), vec![0u8; 4096])?), 1, &[ART, "sha256"]),
-        c("store artifact symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
-            let p = e.store().join("1.0/x86_64").join(ART);
-            std::fs::remove_file(&p)?;
-            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
-        }, 1, &[ART]),
+        c(
+            "store builds.json id ../",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds(builds_with("../../sentinel", "x86_64")),
+            1,
+            &["builds.json", "build id"],
+        ),
+        c(
+            "store builds.json id absolute",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds(builds_with("/tmp/cosa-pwned", "x86_64")),
+            1,
+            &["builds.json", "build id"],
+        ),
+        c(
+            "store builds.json arch traversal",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds(builds_with("1.0", "..")),
+            1,
+            &["builds.json", "arch"],
+        ),
+        c(
+            "store builds.json wrong type",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds("{\"schema-version\": 1, \"builds\": {}}"),
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "store builds.json invalid UTF-8",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds(b"\xff\xfe{}"),
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "store builds.json huge",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| Env::huge(&e.store().join("builds.json"), 300 << 20),
+            1,
+            &["builds.json", "larger"],
+        ),
+        c(
+            "store builds.json nesting 5000 deep",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_builds(deep_json()),
+            1,
+            &["builds.json"],
+        ),
+        c(
+            "store meta.json artifact path ../",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| image_path(v, "../../../sentinel/pwned")),
+            1,
+            &["meta.json", "../../../sentinel/pwned"],
+        ),
+        c(
+            "store meta.json artifact path absolute",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| image_path(v, "/tmp/cosa-pwned")),
+            1,
+            &["meta.json", "/tmp/cosa-pwned"],
+        ),
+        c(
+            "store meta.json artifact named meta.json",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| image_path(v, "meta.json")),
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "store meta.json buildid mismatch",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| v["buildid"] = json!("../x")),
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "store meta.json wrong type",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| v["images"] = json!("all")),
+            1,
+            &["meta.json"],
+        ),
+        c(
+            "store meta.json huge",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| Env::huge(&e.store().join("1.0/x86_64/meta.json"), 300 << 20),
+            1,
+            &["meta.json", "larger"],
+        ),
+        c(
+            "store meta.json size larger than the object",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| e.store_meta(|v| v["images"]["a0"]["size"] = json!(1u64 << 50)),
+            1,
+            &[ART],
+        ),
+        c(
+            "store artifact corrupt",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                Ok(std::fs::write(
+                    e.store().join("1.0/x86_64").join(ART),
+                    vec![0u8; 4096],
+                )?)
+            },
+            1,
+            &[ART, "sha256"],
+        ),
+        c(
+            "store artifact symlink leads out",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                let p = e.store().join("1.0/x86_64").join(ART);
+                std::fs::remove_file(&p)?;
+                Ok(std::os::unix::fs::symlink(
+                    e.sentinel().join("secret.txt"),
+                    p,
+                )?)
+            },
+            1,
+            &[ART],
+        ),
         // Planted symlinks in the local build directory: never written through. The
         // fetch succeeds (the links are replaced), nothing outside changes.
-        c("local partial file symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
-            std::fs::create_dir_all(e.arch_dir())?;
-            let p = e.arch_dir().join(format!(".cosa-tmp.{ART}.partial"));
-            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), p)?)
-        }, 0, &[]),
-        c("local artifact symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
-            std::fs::create_dir_all(e.arch_dir())?;
-            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), e.arch_dir().join(ART))?)
-        }, 0, &[]),
-        c("local meta.json symlink leads out", "cosa-fetch", FETCH_ALL, |e| {
-            std::fs::create_dir_all(e.arch_dir())?;
-            Ok(std::os::unix::fs::symlink(e.sentinel().join("secret.txt"), e.arch_dir().join("meta.json"))?)
-        }, 0, &[]),
-        c("store meta.json missing", "cosa-fetch", FETCH_ALL, |e| Ok(std::fs::remove_file(e.store().join("1.0/x86_64/meta.json"))?), 1, &["meta.json"]),
+        c(
+            "local partial file symlink leads out",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                std::fs::create_dir_all(e.arch_dir())?;
+                let p = e.arch_dir().join(format!(".cosa-tmp.{ART}.partial"));
+                Ok(std::os::unix::fs::symlink(
+                    e.sentinel().join("secret.txt"),
+                    p,
+                )?)
+            },
+            0,
+            &[],
+        ),
+        c(
+            "local artifact symlink leads out",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                std::fs::create_dir_all(e.arch_dir())?;
+                Ok(std::os::unix::fs::symlink(
+                    e.sentinel().join("secret.txt"),
+                    e.arch_dir().join(ART),
+                )?)
+            },
+            0,
+            &[],
+        ),
+        c(
+            "local meta.json symlink leads out",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                std::fs::create_dir_all(e.arch_dir())?;
+                Ok(std::os::unix::fs::symlink(
+                    e.sentinel().join("secret.txt"),
+                    e.arch_dir().join("meta.json"),
+                )?)
+            },
+            0,
+            &[],
+        ),
+        c(
+            "store meta.json missing",
+            "cosa-fetch",
+            FETCH_ALL,
+            |e| {
+                Ok(std::fs::remove_file(
+                    e.store().join("1.0/x86_64/meta.json"),
+                )?)
+            },
+            1,
+            &["meta.json"],
+        ),
         // --- command-line arguments ---
-        c("fetch --build ../", "cosa-fetch", &["--url", "{store}", "--build", "../sentinel"], none, 1, &["../sentinel"]),
-        c("fetch --arch traversal", "cosa-fetch", &["--url", "{store}", "--arch", "../../sentinel"], none, 1, &["arch"]),
-        c("fetch --artifact traversal", "cosa-fetch", &["--url", "{store}", "--artifact", "../../x"], none, 1, &["../../x"]),
-        c("fetch --file traversal", "cosa-fetch", &["--url", "{store}", "--file", "../../../sentinel/pwned"], none, 2, &[]),
-        c("fetch --url unknown scheme", "cosa-fetch", &["--url", "ftp://127.0.0.1/x"], none, 1, &["ftp"]),
-        c("fetch --url empty bucket", "cosa-fetch", &["--url", "s3:///x"], none, 1, &["s3://"]),
-        c("upload --build absolute", "cosa-upload", &["--url", "{store}", "--build", "/etc"], none, 1, &["build id"]),
-        c("upload --arch with slash", "cosa-upload", &["--url", "{store}", "--arch", "x86_64/../.."], none, 1, &["arch"]),
-        c("upload --jobs 0", "cosa-upload", &["--url", "{store}", "--jobs", "0"], none, 2, &[]),
-        c("image --build ..", "cosa-image", &["--build", ".."], none, 1, &["build id"]),
-        c("image --platform traversal", "cosa-image", &["--platform", "../../x"], none, 2, &[]),
-        c("extend --build traversal", "cosa-extend", &["--build", "../../sentinel", "--platform", "qemu"], none, 1, &["build id"]),
-        c("extend --arch traversal", "cosa-extend", &["--arch", "../..", "--platform", "qemu"], none, 1, &["arch"]),
-        c("changed --against unknown scheme", "cosa-changed", &["--against", "gopher://x"], none, 1, &["gopher"]),
-        c("compose --workdir missing", "cosa-compose", &["--workdir", "{sentinel}/nope"], none, 1, &["nope"]),
-        c("unknown option", "cosa-fetch", &["--url", "{store}", "--rm-rf"], none, 2, &[]),
+        c(
+            "fetch --build ../",
+            "cosa-fetch",
+            &["--url", "{store}", "--build", "../sentinel"],
+            none,
+            1,
+            &["../sentinel"],
+        ),
+        c(
+            "fetch --arch traversal",
+            "cosa-fetch",
+            &["--url", "{store}", "--arch", "../../sentinel"],
+            none,
+            1,
+            &["arch"],
+        ),
+        c(
+            "fetch --artifact traversal",
+            "cosa-fetch",
+            &["--url", "{store}", "--artifact", "../../x"],
+            none,
+            1,
+            &["../../x"],
+        ),
+        c(
+            "fetch --file traversal",
+            "cosa-fetch",
+            &["--url", "{store}", "--file", "../../../sentinel/pwned"],
+            none,
+            2,
+            &[],
+        ),
+        c(
+            "fetch --url unknown scheme",
+            "cosa-fetch",
+            &["--url", "ftp://127.0.0.1/x"],
+            none,
+            1,
+            &["ftp"],
+        ),
+        c(
+            "fetch --url empty bucket",
+            "cosa-fetch",
+            &["--url", "s3:///x"],
+            none,
+            1,
+            &["s3://"],
+        ),
+        c(
+            "upload --build absolute",
+            "cosa-upload",
+            &["--url", "{store}", "--build", "/etc"],
+            none,
+            1,
+            &["build id"],
+        ),
+        c(
+            "upload --arch with slash",
+            "cosa-upload",
+            &["--url", "{store}", "--arch", "x86_64/../.."],
+            none,
+            1,
+            &["arch"],
+        ),
+        c(
+            "upload --jobs 0",
+            "cosa-upload",
+            &["--url", "{store}", "--jobs", "0"],
+            none,
+            2,
+            &[],
+        ),
+        c(
+            "image --build ..",
+            "cosa-image",
+            &["--build", ".."],
+            none,
+            1,
+            &["build id"],
+        ),
+        c(
+            "image --platform traversal",
+            "cosa-image",
+            &["--platform", "../../x"],
+            none,
+            2,
+            &[],
+        ),
+        c(
+            "extend --build traversal",
+            "cosa-extend",
+            &["--build", "../../sentinel", "--platform", "qemu"],
+            none,
+            1,
+            &["build id"],
+        ),
+        c(
+            "extend --arch traversal",
+            "cosa-extend",
+            &["--arch", "../..", "--platform", "qemu"],
+            none,
+            1,
+            &["arch"],
+        ),
+        c(
+            "changed --against unknown scheme",
+            "cosa-changed",
+            &["--against", "gopher://x"],
+            none,
+            1,
+            &["gopher"],
+        ),
+        c(
+            "compose --workdir missing",
+            "cosa-compose",
+            &["--workdir", "{sentinel}/nope"],
+            none,
+            1,
+            &["nope"],
+        ),
+        c(
+            "unknown option",
+            "cosa-fetch",
+            &["--url", "{store}", "--rm-rf"],
+            none,
+            2,
+            &[],
+        ),
     ]
 }
 
@@ -349,21 +1015,38 @@ fn check_case(c: &Case) -> Result<()> {
     }
     let r = run(&mut cmd)?;
     ensure!(!r.stderr.contains("panicked"), "panic:\n{}", r.stderr);
-    ensure!(r.code == c.code, "exit code {} (want {}):\n{}", r.code, c.code, r.stderr);
+    ensure!(
+        r.code == c.code,
+        "exit code {} (want {}):\n{}",
+        r.code,
+        c.code,
+        r.stderr
+    );
     if c.code == 0 {
         crate::consistency::check_workdir(e.root())?;
     }
     if c.code == 1 {
-        let lines: Vec<_> = r.stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        let lines: Vec<_> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
         ensure!(lines.len() == 1, "want one error line:\n{}", r.stderr);
         let line = lines[0].to_lowercase();
         for w in c.want {
-            ensure!(line.contains(&w.to_lowercase()), "error line lacks {w:?}: {}", lines[0]);
+            ensure!(
+                line.contains(&w.to_lowercase()),
+                "error line lacks {w:?}: {}",
+                lines[0]
+            );
         }
         ensure!(line.len() < 2000, "error line of {} bytes", line.len());
     }
     let after = e.snapshot(with_store)?;
-    ensure!(before == after, "wrote outside the work directory:\nbefore {before:?}\nafter {after:?}");
+    ensure!(
+        before == after,
+        "wrote outside the work directory:\nbefore {before:?}\nafter {after:?}"
+    );
     ensure!(
         !Utf8Path::new("/tmp/cosa-pwned").exists(),
         "/tmp/cosa-pwned was written"
@@ -382,7 +1065,11 @@ fn hostile_inputs_fail_cleanly() -> Result<()> {
             failed.push(format!("[{}] {}: {err:#}", c.bin, c.name));
         }
     }
-    eprintln!("hostile inputs: {} tried, {} failed", cases.len(), failed.len());
+    eprintln!(
+        "hostile inputs: {} tried, {} failed",
+        cases.len(),
+        failed.len()
+    );
     ensure!(failed.is_empty(), "{}", failed.join("\n\n"));
     Ok(())
 }
@@ -401,7 +1088,11 @@ fn non_utf8_arguments_are_usage_errors() -> Result<()> {
         let r = run(bin(name)
             .arg("--workdir")
             .arg(OsString::from_vec(b"/tmp/\xff\xfe".to_vec())))?;
-        ensure!(!r.stderr.contains("panicked"), "{name}: panic:\n{}", r.stderr);
+        ensure!(
+            !r.stderr.contains("panicked"),
+            "{name}: panic:\n{}",
+            r.stderr
+        );
         ensure!(r.code == 2, "{name}: exit {}:\n{}", r.code, r.stderr);
     }
     Ok(())

@@ -80,7 +80,11 @@ impl Ci {
 fn check(what: &str, r: &Run, ci: &Ci, secrets: &[String]) -> Result<()> {
     let files = ci.files()?;
     for s in secrets {
-        for (where_, text) in [("stdout", &r.stdout), ("stderr", &r.stderr), ("CI files", &files)] {
+        for (where_, text) in [
+            ("stdout", &r.stdout),
+            ("stderr", &r.stderr),
+            ("CI files", &files),
+        ] {
             if let Some(i) = text.find(s.as_str()) {
                 let from = text[..i].rfind('\n').map_or(0, |n| n + 1);
                 let to = text[i..].find('\n').map_or(text.len(), |n| i + n);
@@ -88,7 +92,11 @@ fn check(what: &str, r: &Run, ci: &Ci, secrets: &[String]) -> Result<()> {
             }
         }
     }
-    ensure!(!r.stderr.contains("panicked"), "{what}: panic:\n{}", r.stderr);
+    ensure!(
+        !r.stderr.contains("panicked"),
+        "{what}: panic:\n{}",
+        r.stderr
+    );
     // The run really logged at trace level (otherwise the search proves little).
     ensure!(
         r.stderr.contains("TRACE") || r.stderr.contains("DEBUG"),
@@ -181,10 +189,14 @@ fn store_binaries_at_trace_level_print_no_secret() -> Result<()> {
         .args(["--workdir", t2.root().as_str(), "--url", &cred_url]))?;
     ok("cosa-fetch over http with credentials", &r)?;
     check("cosa-fetch over http", &r, &ci, &secrets)?;
-    ensure!(!server.requests().is_empty(), "the http store saw no request");
-    let r = run(ci
-        .cmd("cosa-changed")
-        .args(["--workdir", t.root().as_str(), "--against", &cred_url]))?;
+    ensure!(
+        !server.requests().is_empty(),
+        "the http store saw no request"
+    );
+    let r =
+        run(ci
+            .cmd("cosa-changed")
+            .args(["--workdir", t.root().as_str(), "--against", &cred_url]))?;
     ok("cosa-changed over http", &r)?;
     check("cosa-changed over http", &r, &ci, &secrets)?;
     // A store that is not there: the error names it, without the credentials.
@@ -206,11 +218,17 @@ fn store_binaries_at_trace_level_print_no_secret() -> Result<()> {
     let seen = SeenTokens::default();
     rt.block_on(Mock::given(any()).respond_with(seen.clone()).mount(&gh));
     for (name, wd) in [("cosa-upload", &t), ("cosa-fetch", &t2)] {
-        let r = run(ci
-            .cmd(name)
-            .env("GITHUB_API_URL", gh.uri())
-            .args(["--workdir", wd.root().as_str(), "--url", "gh-release://o/r/t"]))?;
-        ensure!(r.code == 1, "{name} against a missing release:\n{}", r.stderr);
+        let r = run(ci.cmd(name).env("GITHUB_API_URL", gh.uri()).args([
+            "--workdir",
+            wd.root().as_str(),
+            "--url",
+            "gh-release://o/r/t",
+        ]))?;
+        ensure!(
+            r.code == 1,
+            "{name} against a missing release:\n{}",
+            r.stderr
+        );
         check(&format!("{name} gh-release"), &r, &ci, &secrets)?;
     }
     let seen = seen.0.lock().map(|v| v.clone()).unwrap_or_default();
@@ -228,7 +246,10 @@ struct SeenTokens(Arc<Mutex<Vec<String>>>);
 
 impl Respond for SeenTokens {
     fn respond(&self, req: &Request) -> ResponseTemplate {
-        if let Some(a) = req.headers.get("authorization").and_then(|v| v.to_str().ok())
+        if let Some(a) = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
             && let Ok(mut v) = self.0.lock()
         {
             v.push(a.to_string());
