@@ -1097,3 +1097,104 @@ fn non_utf8_arguments_are_usage_errors() -> Result<()> {
     }
     Ok(())
 }
+
+/// An S3 store (s3s-fs) serving hostile documents: a builds.json whose build ID
+/// leads out, a meta.json whose artifact path does, a wrong type; each fetch fails
+/// with one line naming the document, and nothing around the work directory changes.
+#[test]
+fn s3_store_serving_hostile_documents() -> Result<()> {
+    use crate::store_servers::{BUCKET, Kind, S3Server};
+    let Some(s) = S3Server::start(Kind::S3sFs)? else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let e = Env::new(true)?;
+    let src = TestWorkdir::new()?;
+    make_build(&src, "1.0", "x86_64", &[4096])?;
+    let url = s.url("hostile");
+    let mut up = bin("cosa-upload");
+    s.env(&mut up)
+        .args(["--workdir", src.root().as_str(), "--url", &url]);
+    let r = run(&mut up)?;
+    ensure!(r.code == 0, "upload: {}", r.stderr);
+    let meta_key = "hostile/1.0/x86_64/meta.json";
+    let meta: Value = serde_json::from_slice(
+        &crate::consistency::s3_get(&rt, &s, meta_key)?.context("meta.json")?,
+    )?;
+    let mut bad_path = meta.clone();
+    image_path(&mut bad_path, "../../../sentinel/pwned");
+    let rows: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "build ID ../",
+            "hostile/builds.json",
+            builds_with("../../sentinel", "x86_64").into_bytes(),
+            "build id",
+        ),
+        (
+            "arch ..",
+            "hostile/builds.json",
+            builds_with("1.0", "..").into_bytes(),
+            "arch",
+        ),
+        (
+            "builds.json wrong type",
+            "hostile/builds.json",
+            b"{\"builds\": 7}".to_vec(),
+            "builds.json",
+        ),
+        (
+            "artifact path ../",
+            meta_key,
+            serde_json::to_vec(&bad_path)?,
+            "../../../sentinel/pwned",
+        ),
+        (
+            "meta.json invalid UTF-8",
+            meta_key,
+            b"{\"buildid\": \"\xff\"}".to_vec(),
+            "meta.json",
+        ),
+    ];
+    let builds =
+        crate::consistency::s3_get(&rt, &s, "hostile/builds.json")?.context("builds.json")?;
+    for (name, key, body, want) in rows {
+        // Put back the good documents, then the hostile one.
+        for (k, b) in [
+            ("hostile/builds.json", builds.clone()),
+            (meta_key, serde_json::to_vec(&meta)?),
+            (key, body),
+        ] {
+            rt.block_on(
+                s.sdk()
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key(k)
+                    .body(b.into())
+                    .send(),
+            )?;
+        }
+        let before = e.snapshot(true)?;
+        let mut c = bin("cosa-fetch");
+        s.env(&mut c)
+            .args(["--workdir", e.root().as_str(), "--url", &url])
+            .args(["--arch", "x86_64", "--artifact", "all"]);
+        let r = run(&mut c)?;
+        ensure!(
+            !r.stderr.contains("panicked"),
+            "{name}: panic:\n{}",
+            r.stderr
+        );
+        ensure!(r.code == 1, "{name}: exit {}:\n{}", r.code, r.stderr);
+        let line = r.error_line().to_lowercase();
+        ensure!(
+            line.contains(want),
+            "{name}: error line lacks {want:?}: {line}"
+        );
+        ensure!(
+            before == e.snapshot(true)?,
+            "{name}: wrote outside the work directory"
+        );
+        crate::consistency::check_workdir(e.root())?;
+    }
+    Ok(())
+}
