@@ -59,12 +59,17 @@ fn init_logging(verbose: u8) {
     };
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // The AWS SDK traces signing inputs (the access key ID among them) at trace level:
-    // those crates never log below debug, whatever RUST_LOG says. Secrets stay out of logs.
+    // The AWS SDK traces signing inputs (the access key ID among them) at trace level,
+    // and at debug level prints the resolved identity (access key ID) with the endpoint
+    // and auth parameters: those crates and modules never log below debug or info,
+    // whatever RUST_LOG says. Secrets stay out of logs (tests/integration/secrets.rs).
     for d in [
         "aws_sigv4=debug",
         "aws_smithy_runtime=debug",
         "aws_smithy_runtime_api=debug",
+        "aws_smithy_runtime::client::orchestrator::endpoints=info",
+        "aws_smithy_runtime::client::orchestrator::auth=info",
+        "aws_smithy_runtime::client::identity=info",
     ] {
         if let Ok(d) = d.parse() {
             filter = filter.add_directive(d);

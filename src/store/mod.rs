@@ -66,6 +66,22 @@ pub struct StoreOptions {
     pub jobs: usize,
     /// Multipart part size and ranged-download chunk size, in bytes.
     pub part_size: u64,
+    /// Longest wait for a server's answer to a request before it is retried
+    /// (`COSA_STORE_READ_TIMEOUT`, seconds; default [`READ_TIMEOUT`]).
+    pub read_timeout: std::time::Duration,
+}
+
+/// How long a request may wait for its answer by default: a stalled server is
+/// retried, never waited on for ever.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+fn read_timeout_from_env() -> std::time::Duration {
+    std::env::var("COSA_STORE_READ_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(READ_TIMEOUT)
 }
 
 impl Default for StoreOptions {
@@ -75,6 +91,7 @@ impl Default for StoreOptions {
             checksums: ChecksumMode::Auto,
             jobs: 8,
             part_size: 16 << 20,
+            read_timeout: read_timeout_from_env(),
         }
     }
 }

@@ -98,6 +98,13 @@ impl S3Store {
                 .with_max_attempts(5)
                 .with_initial_backoff(Duration::from_millis(200)),
         );
+        // The SDK sets no read timeout: a server that stops answering would hang the run.
+        b = b.timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(opts.read_timeout)
+                .build(),
+        );
         tracing::debug!(
             "s3://{bucket}/{prefix}: endpoint {}, region {}, checksums {}",
             sdk.endpoint_url().unwrap_or("AWS"),

@@ -180,10 +180,17 @@ pub async fn download_verified(
 async fn resume(part: &Utf8Path, size: u64) -> Result<Sink> {
     let part = part.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Sink> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never write through a symlink (or into anything but a plain file) left under
+        // the partial name: it could lead out of the build directory.
+        if std::fs::symlink_metadata(&part).is_ok_and(|m| !m.file_type().is_file()) {
+            std::fs::remove_file(&part).with_context(|| format!("removing {part}"))?;
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&part)
             .with_context(|| format!("opening {part}"))?;
         let len = file

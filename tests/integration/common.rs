@@ -26,6 +26,12 @@ impl TestWorkdir {
         Ok(Self { _td: td, wd })
     }
 
+    /// A work directory at `td/sub`, for tests that watch what lies around it in `td`.
+    pub fn inside(td: tempfile::TempDir, sub: &str) -> Result<Self> {
+        let wd = Workdir::init(utf8(td.path())?.join(sub))?;
+        Ok(Self { _td: td, wd })
+    }
+
     pub fn root(&self) -> &Utf8Path {
         self.wd.root()
     }
