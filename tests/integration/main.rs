@@ -2,9 +2,11 @@
 //! and tools. One test binary (as ripgrep does); modules by concern.
 
 mod actions;
+mod ami;
 mod changed;
 mod common;
 mod compose;
+mod ec2_stub;
 mod example;
 mod extend;
 mod gitlab;
