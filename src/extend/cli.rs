@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use super::{compress, upload_aws};
 use super::live::RootfsType;
+use super::{compress, upload_aws};
 use crate::cli::{Command, GlobalArgs, Outcome};
 use crate::image::config::Compressor;
 use crate::names::{host_arch, validate_arch};
@@ -336,7 +336,14 @@ mod tests {
             &["--poll-interval", "-1"],
             &["--boot-mode", "bios"],
         ] {
-            let mut v = vec!["cosa-extend", "upload-aws", "--bucket", "s3://b", "--region", "r"];
+            let mut v = vec![
+                "cosa-extend",
+                "upload-aws",
+                "--bucket",
+                "s3://b",
+                "--region",
+                "r",
+            ];
             v.extend_from_slice(bad);
             assert!(Args::try_parse_from(v).is_err(), "{bad:?}");
         }

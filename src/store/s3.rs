@@ -65,7 +65,8 @@ impl std::fmt::Debug for S3Store {
 impl S3Store {
     pub async fn connect(bucket: String, prefix: String, opts: &StoreOptions) -> Result<Self> {
         let sdk = super::awsconfig::load(opts.endpoint_url.as_deref()).await;
-        let custom_endpoint = sdk.endpoint_url().is_some() || super::awsconfig::env_set("AWS_ENDPOINT_URL_S3");
+        let custom_endpoint =
+            sdk.endpoint_url().is_some() || super::awsconfig::env_set("AWS_ENDPOINT_URL_S3");
         let mut b = aws_sdk_s3::config::Builder::from(&sdk);
         if sdk.region().is_none() {
             // Most S3-compatible servers accept any region; AWS redirects.

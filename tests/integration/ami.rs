@@ -43,20 +43,24 @@ impl Fx {
         let dir = t.wd.build_arch_dir(ID, ARCH)?;
         std::fs::create_dir_all(&dir)?;
         let mut meta = minimal_meta(ID, ARCH);
-        let file = format!("example-os-{ID}-aws.{ARCH}.vmdk");
-        std::fs::write(dir.join(&file), &vmdk)?;
-        meta.images.insert(
-            "aws".into(),
-            cosa::meta::Artifact {
-                path: file,
-                sha256: hex::encode(Sha256::digest(&vmdk)),
-                size: Some(vmdk.len() as u64),
-                uncompressed_sha256: None,
-                uncompressed_size: None,
-                skip_compression: None,
-                extra: Default::default(),
-            },
-        );
+        // The schema wants an ostree image; a stand-in file is enough here.
+        let ostree = bytes(10, 4096);
+        for (key, ext, data) in [("aws", "vmdk", &vmdk), ("ostree", "tar", &ostree)] {
+            let file = format!("example-os-{ID}-{key}.{ARCH}.{ext}");
+            std::fs::write(dir.join(&file), data)?;
+            meta.images.insert(
+                key.into(),
+                cosa::meta::Artifact {
+                    path: file,
+                    sha256: hex::encode(Sha256::digest(data)),
+                    size: Some(data.len() as u64),
+                    uncompressed_sha256: None,
+                    uncompressed_size: None,
+                    skip_compression: None,
+                    extra: Default::default(),
+                },
+            );
+        }
         t.wd.write_meta(&meta, ARCH, &lock)?;
         let mut b = t.wd.read_builds()?;
         b.insert(ID, ARCH)?;
@@ -74,7 +78,8 @@ impl Fx {
 
     fn cmd(&self, key: &str, args: &[&str]) -> Command {
         let mut c = bin("cosa-extend");
-        self.s3.env_with(&mut c, key, "cosa-test-secret-never-printed");
+        self.s3
+            .env_with(&mut c, key, "cosa-test-secret-never-printed");
         c.env("AWS_ENDPOINT_URL_EC2", &self.stub.endpoint)
             .arg("--workdir")
             .arg(self.t.root())
@@ -112,7 +117,13 @@ impl Fx {
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
             .endpoint_url(&self.s3.endpoint)
             .region(Region::new(region.to_string()))
-            .credentials_provider(Credentials::new(self.s3.key, self.s3.secret, None, None, "t"))
+            .credentials_provider(Credentials::new(
+                self.s3.key,
+                self.s3.secret,
+                None,
+                None,
+                "t",
+            ))
             .build();
         aws_sdk_ec2::Client::from_conf(conf)
     }
@@ -219,7 +230,10 @@ fn publishes_copies_and_resumes_without_duplicates() -> Result<()> {
     let tasks = fx.stub.state().tasks.clone();
     assert_eq!(tasks.len(), 1);
     let task = &tasks[0];
-    assert_eq!((task.bucket.as_str(), task.description.as_str()), (BUCKET, NAME));
+    assert_eq!(
+        (task.bucket.as_str(), task.description.as_str()),
+        (BUCKET, NAME)
+    );
     let obj = fx.rt.block_on(
         fx.s3
             .sdk()
@@ -258,7 +272,11 @@ fn publishes_copies_and_resumes_without_duplicates() -> Result<()> {
         assert_eq!(imgs.len(), 1, "{region}");
         assert_eq!(imgs[0].image_id(), Some(image.as_str()));
         assert_eq!(fx.tags_of(region, image)?, our_tags(), "{region} image");
-        assert_eq!(fx.tags_of(region, snapshot)?, our_tags(), "{region} snapshot");
+        assert_eq!(
+            fx.tags_of(region, snapshot)?,
+            our_tags(),
+            "{region} snapshot"
+        );
         assert_eq!(fx.launch_groups(region, image)?, ["all"], "{region}");
         assert_eq!(fx.volume_groups(region, snapshot)?, ["all"], "{region}");
     }
@@ -276,7 +294,11 @@ fn publishes_copies_and_resumes_without_duplicates() -> Result<()> {
     assert_eq!(&amis[..2], &after_failure[..]);
     assert_eq!(amis.len(), 3);
     assert_eq!(amis[2].0, "us-west-2");
-    assert!(r.stdout.contains(&format!("ami-us-west-2={}", amis[2].1)), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("ami-us-west-2={}", amis[2].1)),
+        "{}",
+        r.stdout
+    );
     for region in ["us-east-1", "eu-west-1", "us-west-2"] {
         assert_eq!(fx.images(region)?.len(), 1, "{region}: duplicate image");
     }
@@ -329,8 +351,15 @@ fn failed_and_unfinished_imports_then_resume() -> Result<()> {
     let r = fx.upload(&[&args[..], &["--import-timeout", "0.3"]].concat())?;
     assert_eq!(r.code, 1);
     let line = r.error_line();
-    assert!(line.contains("not finished after 0.3s"), "{line}");
-    assert!(r.stderr.contains("active"), "no progress shown: {}", r.stderr);
+    assert!(
+        line.contains("not finished after") && line.contains("--import-timeout"),
+        "{line}"
+    );
+    assert!(
+        r.stderr.contains("active"),
+        "no progress shown: {}",
+        r.stderr
+    );
     assert_eq!(fx.meta_bytes()?, before);
     assert_eq!(fx.stub.calls("ImportSnapshot", None).len(), 2);
     assert!(fx.images("eu-central-1")?.is_empty());
@@ -341,13 +370,22 @@ fn failed_and_unfinished_imports_then_resume() -> Result<()> {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(fx.stub.calls("ImportSnapshot", None).len(), 2);
     let tasks = fx.stub.state().tasks.clone();
-    let snap = tasks[1].snapshot.clone().context("second import not completed")?;
+    let snap = tasks[1]
+        .snapshot
+        .clone()
+        .context("second import not completed")?;
     let amis = fx.amis()?;
     assert_eq!(amis.len(), 1);
-    assert_eq!((amis[0].0.as_str(), amis[0].2.as_str()), ("eu-central-1", snap.as_str()));
+    assert_eq!(
+        (amis[0].0.as_str(), amis[0].2.as_str()),
+        ("eu-central-1", snap.as_str())
+    );
     let reg = fx.stub.calls("RegisterImage", None);
     assert_eq!(reg.len(), 1);
-    assert_eq!(reg[0].param("BlockDeviceMapping.1.Ebs.VolumeType"), Some("io2"));
+    assert_eq!(
+        reg[0].param("BlockDeviceMapping.1.Ebs.VolumeType"),
+        Some("io2")
+    );
     assert_eq!(reg[0].param("BootMode"), Some("legacy-bios"));
     assert_eq!(reg[0].param("ImdsSupport"), None);
     // Not --public: no launch permission for all.
@@ -384,7 +422,14 @@ fn bad_input_one_line_and_meta_unchanged() -> Result<()> {
         "EC2 us-east-1 DescribeImages example-os-1.20261207.0-x86_64: access denied (AuthFailure",
     )?;
     check(
-        fx.upload(&["--bucket", &good, "--region", "us-east-1", "--volume-type", "fast"])?,
+        fx.upload(&[
+            "--bucket",
+            &good,
+            "--region",
+            "us-east-1",
+            "--volume-type",
+            "fast",
+        ])?,
         "--volume-type \"fast\": not an EBS volume type",
     )?;
     std::fs::write(
@@ -409,6 +454,9 @@ fn bad_input_one_line_and_meta_unchanged() -> Result<()> {
         "{}",
         r.stderr
     );
-    assert_eq!(std::fs::read(fx.t.wd.meta_path("2.20261207.0", ARCH)?)?, before2);
+    assert_eq!(
+        std::fs::read(fx.t.wd.meta_path("2.20261207.0", ARCH)?)?,
+        before2
+    );
     Ok(())
 }

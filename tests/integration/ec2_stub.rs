@@ -224,12 +224,22 @@ fn error_xml(code: &str, message: &str) -> String {
 }
 
 fn request_id() -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", fastrand::u32(..), fastrand::u64(..1 << 48))
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        fastrand::u32(..),
+        fastrand::u64(..1 << 48)
+    )
 }
 
 /// Send a request to moto (HTTP/1.0, so the reply ends at EOF); status and body.
-fn forward(upstream: &str, path: &str, headers: &[(String, String)], body: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let mut s = TcpStream::connect(upstream).with_context(|| format!("connecting to moto at {upstream}"))?;
+fn forward(
+    upstream: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(upstream)
+        .with_context(|| format!("connecting to moto at {upstream}"))?;
     write!(s, "POST {path} HTTP/1.0\r\nHost: {upstream}\r\n")?;
     for (k, v) in headers {
         if ["host", "content-length", "connection", "transfer-encoding"]
@@ -240,7 +250,11 @@ fn forward(upstream: &str, path: &str, headers: &[(String, String)], body: &[u8]
         }
         write!(s, "{k}: {v}\r\n")?;
     }
-    write!(s, "Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(
+        s,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
     s.write_all(body)?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)?;
@@ -354,7 +368,10 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, upstream: &str) -> Result<()> 
             respond(
                 &mut w,
                 401,
-                &error_xml("AuthFailure", "AWS was not able to validate the provided access credentials"),
+                &error_xml(
+                    "AuthFailure",
+                    "AWS was not able to validate the provided access credentials",
+                ),
             )?;
             continue;
         }
@@ -414,16 +431,19 @@ fn serve(conn: TcpStream, st: &Arc<Mutex<State>>, upstream: &str) -> Result<()> 
                         t.polls += 1;
                         match mode {
                             ImportMode::Fail => t.failed = true,
-                            ImportMode::CompleteAfter(n) if t.polls >= n => {
-                                todo.push(t.id.clone())
-                            }
+                            ImportMode::CompleteAfter(n) if t.polls >= n => todo.push(t.id.clone()),
                             _ => {}
                         }
                     }
                 }
                 drop(s);
                 for id in todo {
-                    let snap = make_snapshot(upstream, &req, &region, &format!("Created by ImportSnapshot({id})"))?;
+                    let snap = make_snapshot(
+                        upstream,
+                        &req,
+                        &region,
+                        &format!("Created by ImportSnapshot({id})"),
+                    )?;
                     let mut s = lock();
                     if let Some(t) = s.tasks.iter_mut().find(|t| t.id == id) {
                         t.snapshot = Some(snap);

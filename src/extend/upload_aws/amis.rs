@@ -74,7 +74,11 @@ mod tests {
         upsert(&mut l, ami("us-west-2", "d"));
         assert_eq!(
             l,
-            [ami("us-east-1", "c"), ami("eu-west-1", "b"), ami("us-west-2", "d")]
+            [
+                ami("us-east-1", "c"),
+                ami("eu-west-1", "b"),
+                ami("us-west-2", "d")
+            ]
         );
     }
 
@@ -87,7 +91,10 @@ mod tests {
         }))
         .unwrap();
         let e = read(&m, "meta.json").unwrap_err().to_string();
-        assert!(e.starts_with("meta.json: amis:") && e.contains("snapshot"), "{e}");
+        assert!(
+            e.starts_with("meta.json: amis:") && e.contains("snapshot"),
+            "{e}"
+        );
         m.extra.remove("amis");
         assert!(read(&m, "meta.json").unwrap().is_empty());
     }

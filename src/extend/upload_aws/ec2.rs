@@ -9,9 +9,9 @@ use aws_config::SdkConfig;
 use aws_sdk_ec2::config::Region;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image, ImageState,
-    ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType, ResourceType,
-    SnapshotDiskContainer, Tag, TagSpecification, UserBucket, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, Image,
+    ImageState, ImdsSupportValues, LaunchPermission, LaunchPermissionModifications, OperationType,
+    ResourceType, SnapshotDiskContainer, Tag, TagSpecification, UserBucket, VolumeType,
 };
 
 /// The root device of every image (as coreos-assembler's ore registers them).
@@ -269,7 +269,12 @@ impl Ec2 {
     /// Wait for an import task to finish; its snapshot. Progress is logged when it
     /// changes; an import still running after `timeout` is an error (it keeps running
     /// in AWS and a rerun picks it up).
-    pub async fn wait_import(&self, task: &str, timeout: Duration, poll: Duration) -> Result<String> {
+    pub async fn wait_import(
+        &self,
+        task: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<String> {
         let what = self.what("import", task);
         let start = Instant::now();
         let mut last = None;
@@ -379,7 +384,12 @@ impl Ec2 {
     }
 
     /// Wait until an image is available; the image.
-    pub async fn wait_available(&self, id: &str, timeout: Duration, poll: Duration) -> Result<Image> {
+    pub async fn wait_available(
+        &self,
+        id: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<Image> {
         let start = Instant::now();
         loop {
             let img = self.image(id).await?;

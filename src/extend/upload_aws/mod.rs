@@ -110,9 +110,7 @@ const VOLUME_TYPES: &[&str] = &["gp2", "gp3", "io1", "io2", "st1", "sc1", "stand
 fn validate_name(name: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "()[]./-'@_ ".contains(c);
     if !(3..=128).contains(&name.len()) || !name.chars().all(ok_char) {
-        bail!(
-            "image name {name:?}: AWS wants 3 to 128 letters, digits, spaces or ()[]./-'@_"
-        );
+        bail!("image name {name:?}: AWS wants 3 to 128 letters, digits, spaces or ()[]./-'@_");
     }
     Ok(())
 }
@@ -120,7 +118,9 @@ fn validate_name(name: &str) -> Result<()> {
 fn validate_region(r: &str) -> Result<()> {
     if r.is_empty()
         || r.len() > 32
-        || !r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || !r
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
         bail!("region {r:?}: not an AWS region name (like us-east-1)");
     }
@@ -310,8 +310,8 @@ impl Job<'_> {
         {
             return Ok(a.clone());
         }
-        let snapshot = snapshot
-            .with_context(|| format!("EC2 {region} image {image}: no root snapshot"))?;
+        let snapshot =
+            snapshot.with_context(|| format!("EC2 {region} image {image}: no root snapshot"))?;
         Ok(Ami {
             name: region.to_string(),
             hvm: image.to_string(),
@@ -321,7 +321,8 @@ impl Job<'_> {
 
     /// Tag, publish, record.
     async fn finish(&self, ec2: &Ec2, ami: &Ami) -> Result<()> {
-        ec2.tag(&[&ami.hvm, &ami.snapshot], &self.s.tags).await?;
+        ec2.tag(&[ami.hvm.as_str(), ami.snapshot.as_str()], &self.s.tags)
+            .await?;
         if self.req.public {
             ec2.make_public(&ami.hvm, &ami.snapshot).await?;
         }
@@ -336,7 +337,9 @@ impl Job<'_> {
         let (timeout, poll) = self.timeouts();
         let name = &self.s.name;
         if let Some(img) = ec2.images_named(name).await?.first() {
-            let id = img.image_id().context("DescribeImages: an image without ID")?;
+            let id = img
+                .image_id()
+                .context("DescribeImages: an image without ID")?;
             tracing::info!("{}: image {id} is named {name}; reusing it", ec2.region);
             let img = ec2.wait_available(id, timeout, poll).await?;
             return self.ami_of(&ec2.region, id, root_snapshot(&img));
@@ -354,7 +357,7 @@ impl Job<'_> {
             })
             .await?;
         // Tagged at once: the name already makes it findable, the tag says whose it is.
-        ec2.tag(&[&image], &self.s.tags).await?;
+        ec2.tag(&[image.as_str()], &self.s.tags).await?;
         ec2.wait_available(&image, timeout, poll).await?;
         Ok(Ami {
             name: ec2.region.clone(),
@@ -389,7 +392,7 @@ impl Job<'_> {
             }
         };
         let snapshot = ec2.wait_import(&task, timeout, poll).await?;
-        ec2.tag(&[&snapshot], &self.s.tags).await?;
+        ec2.tag(&[snapshot.as_str()], &self.s.tags).await?;
         Ok(snapshot)
     }
 
@@ -401,11 +404,18 @@ impl Job<'_> {
                 && self.art.size.is_none_or(|n| n == h.size)
         });
         if same {
-            tracing::info!("{}: already there with the same sha256", client.describe(file));
+            tracing::info!(
+                "{}: already there with the same sha256",
+                client.describe(file)
+            );
         } else {
             tracing::info!("uploading {} to {}", self.vmdk, client.describe(file));
             client
-                .put_file(file, self.vmdk, &PutMeta::artifact(file, &self.art.sha256, None))
+                .put_file(
+                    file,
+                    self.vmdk,
+                    &PutMeta::artifact(file, &self.art.sha256, None),
+                )
                 .await?;
         }
         Ok(if self.prefix.is_empty() {
@@ -421,7 +431,9 @@ impl Job<'_> {
         let name = &self.s.name;
         let id = match ec2.images_named(name).await?.first() {
             Some(img) => {
-                let id = img.image_id().context("DescribeImages: an image without ID")?;
+                let id = img
+                    .image_id()
+                    .context("DescribeImages: an image without ID")?;
                 tracing::info!("{}: image {id} is named {name}; reusing it", ec2.region);
                 id.to_string()
             }
