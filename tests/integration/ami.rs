@@ -360,6 +360,12 @@ fn failed_and_unfinished_imports_then_resume() -> Result<()> {
         "no progress shown: {}",
         r.stderr
     );
+    // The second import found the vmdk in the bucket with the same sha256.
+    assert!(
+        r.stderr.contains("already there with the same sha256"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(fx.meta_bytes()?, before);
     assert_eq!(fx.stub.calls("ImportSnapshot", None).len(), 2);
     assert!(fx.images("eu-central-1")?.is_empty());
