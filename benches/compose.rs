@@ -16,9 +16,6 @@ use camino::Utf8PathBuf;
 
 const RUNS: usize = 5;
 
-
-
-
 fn main() -> Result<()> {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let td = tempfile::Builder::new()

@@ -24,11 +24,6 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 const RUNS: usize = 3;
 
-
-
-
-
-
 /// The by-hand peer of a platform: `$1` base qcow2, `$2` output, `$3` scratch dir.
 fn peer_script(platform: &str) -> Option<&'static str> {
     Some(match platform {

@@ -78,10 +78,6 @@ chattr -i "$R"/ostree/deploy/*/deploy/*.0 2>/dev/null || true
 rm -rf "$S"
 "#;
 
-
-
-
-
 fn main() -> Result<()> {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let td = tempfile::Builder::new()

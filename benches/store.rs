@@ -380,7 +380,9 @@ fn main() -> Result<()> {
         "2 GiB build ({ARTIFACTS} × {} MiB), best of {RUNS} runs each\n",
         ARTIFACT_SIZE >> 20
     );
-    println!("| operation | time | throughput | ratio to peer | ratio to cp | client CPU | server CPU |");
+    println!(
+        "| operation | time | throughput | ratio to peer | ratio to cp | client CPU | server CPU |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!("{r}");

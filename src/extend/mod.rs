@@ -18,6 +18,7 @@
 //! - [`ova`], [`oci`], [`archive`]: the OVA, the OCI archive, tar and cpio writers.
 //! - [`live`]: the live ISO and PXE files.
 //! - [`compress`]: `compress` and `decompress`.
+//! - [`upload_aws`]: `upload-aws`, the aws image published as AMIs.
 //! - [`cli`]: the command line.
 //!
 //! Every file is written under a `.cosa-tmp.` name in the build directory and renamed
@@ -34,6 +35,7 @@ pub mod live;
 pub mod oci;
 pub mod ova;
 pub mod platforms;
+pub mod upload_aws;
 
 pub use cli::Args;
 

@@ -19,6 +19,7 @@
 //! builds.json is updated with a read-modify-write that never loses a concurrent
 //! writer's entry: see [`index`].
 
+pub mod awsconfig;
 pub mod file;
 pub mod ghrelease;
 pub mod http;

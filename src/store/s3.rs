@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -63,18 +62,11 @@ impl std::fmt::Debug for S3Store {
     }
 }
 
-fn env_set(k: &str) -> bool {
-    std::env::var_os(k).is_some_and(|v| !v.is_empty())
-}
-
 impl S3Store {
     pub async fn connect(bucket: String, prefix: String, opts: &StoreOptions) -> Result<Self> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(ep) = &opts.endpoint_url {
-            loader = loader.endpoint_url(ep);
-        }
-        let sdk = loader.load().await;
-        let custom_endpoint = sdk.endpoint_url().is_some() || env_set("AWS_ENDPOINT_URL_S3");
+        let sdk = super::awsconfig::load(opts.endpoint_url.as_deref()).await;
+        let custom_endpoint =
+            sdk.endpoint_url().is_some() || super::awsconfig::env_set("AWS_ENDPOINT_URL_S3");
         let mut b = aws_sdk_s3::config::Builder::from(&sdk);
         if sdk.region().is_none() {
             // Most S3-compatible servers accept any region; AWS redirects.
@@ -93,18 +85,9 @@ impl S3Store {
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
-        b = b.retry_config(
-            aws_sdk_s3::config::retry::RetryConfig::standard()
-                .with_max_attempts(5)
-                .with_initial_backoff(Duration::from_millis(200)),
-        );
-        // The SDK sets no read timeout: a server that stops answering would hang the run.
-        b = b.timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(opts.read_timeout)
-                .build(),
-        );
+        b = b
+            .retry_config(super::awsconfig::retry_config())
+            .timeout_config(super::awsconfig::timeout_config(opts.read_timeout));
         tracing::debug!(
             "s3://{bucket}/{prefix}: endpoint {}, region {}, checksums {}",
             sdk.endpoint_url().unwrap_or("AWS"),

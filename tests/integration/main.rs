@@ -2,11 +2,13 @@
 //! and tools. One test binary (as ripgrep does); modules by concern.
 
 mod actions;
+mod ami;
 mod changed;
 mod common;
 mod compose;
 mod consistency;
 mod crash;
+mod ec2_stub;
 mod example;
 mod extend;
 mod faults;
