@@ -9,7 +9,7 @@ use cosa::builds::BuildsJson;
 use cosa::meta::Meta;
 use sha2::{Digest, Sha256};
 
-use crate::common::{TestWorkdir, utf8};
+use crate::common::{TestWorkdir, combined, utf8};
 use crate::example;
 use crate::store_servers::{BUCKET, Kind, S3Server};
 
@@ -42,8 +42,8 @@ struct Act {
 
 fn act(workflow: &str, workdir: &camino::Utf8Path) -> Result<Act> {
     let tools = ci_tools()?;
-    let o = Command::new(tools.join("act"))
-        .current_dir(ROOT)
+    let mut c = Command::new(tools.join("act"));
+    c.current_dir(ROOT)
         .args([
             "workflow_dispatch",
             "-W",
@@ -51,16 +51,9 @@ fn act(workflow: &str, workdir: &camino::Utf8Path) -> Result<Act> {
         ])
         .args(["-P", "ubuntu-latest=-self-hosted"])
         .args(["--env", &format!("COSA_WORKDIR={workdir}")])
-        .args(["--env", &format!("COSA_BIN={}", bin_dir()?)])
-        .output()?;
-    Ok(Act {
-        code: o.status.code().unwrap_or(-1),
-        out: format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    })
+        .args(["--env", &format!("COSA_BIN={}", bin_dir()?)]);
+    let (code, out) = combined(&mut c)?;
+    Ok(Act { code, out })
 }
 
 #[test]
@@ -292,8 +285,7 @@ fn act_pipeline(
     let tools = ci_tools()?;
     let mut cmd = Command::new(tools.join("act"));
     s3.env(&mut cmd);
-    let o = cmd
-        .current_dir(ROOT)
+    cmd.current_dir(ROOT)
         .args([
             "workflow_dispatch",
             "-W",
@@ -307,16 +299,9 @@ fn act_pipeline(
         .args(["--var", &format!("COSA_BIN={}", bin_dir()?)])
         .args(["--var", &format!("COSA_REPORT={report}")])
         .args(["--secret", &format!("AWS_ACCESS_KEY_ID={}", s3.key)])
-        .args(["--secret", &format!("AWS_SECRET_ACCESS_KEY={}", s3.secret)])
-        .output()?;
-    Ok(Act {
-        code: o.status.code().unwrap_or(-1),
-        out: format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    })
+        .args(["--secret", &format!("AWS_SECRET_ACCESS_KEY={}", s3.secret)]);
+    let (code, out) = combined(&mut cmd)?;
+    Ok(Act { code, out })
 }
 
 /// The reusable workflow, with every job in its own work directory and the build

@@ -102,6 +102,20 @@ pub fn bin(name: &str) -> Command {
     c
 }
 
+/// Run a tool (act, gitlab-ci-local, a linter): its exit code and its standard
+/// output and error together, as a person reading the log sees them.
+pub fn combined(cmd: &mut Command) -> Result<(i32, String)> {
+    let o = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    Ok((
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    ))
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use camino::Utf8Path;
 
 use crate::actions::{store_builds, store_objects};
-use crate::common::TestWorkdir;
+use crate::common::{TestWorkdir, combined};
 use crate::example;
 use crate::store_servers::{Kind, S3Server};
 
@@ -76,15 +76,7 @@ fn run(cmd: Command, project: &Utf8Path, variables: &[String]) -> Result<(i32, S
     for v in variables {
         glc.args(["--variable", v]);
     }
-    let o = glc.output()?;
-    Ok((
-        o.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    ))
+    combined(&mut glc)
 }
 
 #[test]
