@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole cosa pipeline on the bundled example OS:
 #   host setup -> build the example RPM repo -> work directory -> cosa-compose
-#   -> cosa-changed -> cosa-image (qemu disk) -> boot it under QEMU.
+#   -> cosa-changed -> cosa-image (qemu disk) -> boot it under QEMU
+#   -> cosa-extend (aws, gcp) -> cosa-upload to a file:// store -> cosa-fetch of
+#   the build, verified, into a second work directory.
 # Usage: tools/example.sh [WORKDIR]   (default: ./example-workdir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +34,16 @@ if [ -x "$bin/cosa-image" ]; then
   echo "==> booting the qemu image (TCG): look for the COSA-EXAMPLE-OS-BOOTED line"
   timeout 300 "$bin/cosa-image" --workdir "$wd" run
 fi
+echo "==> cosa-extend (aws vmdk, gcp tar.gz, derived from the same disk)"
+"$bin/cosa-extend" --workdir "$wd" --platform aws,gcp
+store=$wd.store
+mkdir -p "$store"
+echo "==> cosa-upload to file://$store (an s3:// URL works the same way)"
+"$bin/cosa-upload" --workdir "$wd" --url "file://$store"
+echo "==> cosa-changed against the store (the build is there now: changed=false)"
+"$bin/cosa-changed" --workdir "$wd" --against "file://$store"
+echo "==> cosa-fetch of the build and its artifacts into $wd.fetched"
+mkdir -p "$wd.fetched"
+"$bin/cosa-fetch" --workdir "$wd.fetched" --url "file://$store" --artifact all
 echo "==> done: $wd/builds"
 ls -l "$wd/builds/latest/"*/
