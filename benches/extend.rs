@@ -12,6 +12,8 @@
 //! - every platform in one call vs one call per platform.
 //!
 //! Run: `cargo bench --bench extend`. Prints Markdown tables for BENCHMARKS.md.
+//! `COSA_BENCH_SECTIONS=formats,compress,all` (comma-separated) runs only some
+//! sections; `COSA_BENCH_PLATFORMS=aws,gcp` only some formats.
 
 use std::process::Command;
 
@@ -65,6 +67,14 @@ rm -rf "$3/l" "$3/a""#
     })
 }
 
+/// Whether `COSA_BENCH_<var>` (comma-separated; unset: everything) selects `name`.
+fn selected(var: &str, name: &str) -> bool {
+    match std::env::var(format!("COSA_BENCH_{var}")) {
+        Ok(v) if !v.trim().is_empty() => v.split(',').any(|x| x.trim() == name),
+        _ => true,
+    }
+}
+
 fn main() -> Result<()> {
     let root = Utf8PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let td = tempfile::Builder::new()
@@ -112,96 +122,103 @@ test "$(stat -c %s "$1/big.img")" = 268435456"#,
     let out = scratch.join("out");
 
     // Formats.
-    println!(
-        "Base: the qemu disk (qcow2, 3 GiB virtual, {:.0} MiB of data); median of {RUNS} runs, alternating\n",
-        qsize as f64 / (1 << 20) as f64
-    );
-    println!(
-        "| platform | output | cosa-extend --platform P --force | qemu-img convert (+ wrapping) | ratio | + sha256sum | ratio |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let derived: Vec<&str> = cosa::extend::platforms::PLATFORMS
-        .iter()
-        .filter(|p| peer_script(p.name).is_some())
-        .map(|p| p.name)
-        .collect();
-    for p in &derived {
-        let script = peer_script(p).context("peer")?;
-        let peer = || bash(script, &[qcow2.as_str(), out.as_str(), scratch.as_str()]);
-        let hash = || sh(Command::new("sha256sum").arg(&out)).map(|_| ());
-        extend(&["--platform", p, "--force"])?;
-        peer()?;
-        let (mut ours, mut theirs, mut hashed) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            ours.push(time(|| extend(&["--platform", p, "--force"]))?);
-            let t = time(peer)?;
-            theirs.push(t);
-            hashed.push(t + time(hash)?);
-        }
-        let (o, t, h) = (median(ours), median(theirs), median(hashed));
-        let m = w.read_meta(&id, "x86_64")?;
-        let a = m.images.get(*p).context("not registered")?;
+    if selected("SECTIONS", "formats") {
         println!(
-            "| {p} | {} {:.0} MiB | {} | {} | {:.2}× | {} | {:.2}× |",
-            a.path
-                .rsplit_once(&format!("{p}.x86_64."))
-                .map_or("", |x| x.1),
-            a.size.unwrap_or(0) as f64 / (1 << 20) as f64,
-            secs(o),
-            secs(t),
-            o.as_secs_f64() / t.as_secs_f64(),
-            secs(h),
-            o.as_secs_f64() / h.as_secs_f64()
+            "Base: the qemu disk (qcow2, 3 GiB virtual, {:.0} MiB of data); median of {RUNS} runs, alternating\n",
+            qsize as f64 / (1 << 20) as f64
         );
-        let _ = std::fs::remove_file(&out);
-        // Keep the disk free: the fixed-size and raw outputs are GiB-sized files.
-        remove_image(&w, &id, &arch_dir, p)?;
+        println!(
+            "| platform | output | cosa-extend --platform P --force | qemu-img convert (+ wrapping) | ratio | + sha256sum | ratio |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        let derived: Vec<&str> = cosa::extend::platforms::PLATFORMS
+            .iter()
+            .filter(|p| peer_script(p.name).is_some() && selected("PLATFORMS", p.name))
+            .map(|p| p.name)
+            .collect();
+        for p in &derived {
+            let script = peer_script(p).context("peer")?;
+            let peer = || bash(script, &[qcow2.as_str(), out.as_str(), scratch.as_str()]);
+            let hash = || sh(Command::new("sha256sum").arg(&out)).map(|_| ());
+            extend(&["--platform", p, "--force"])?;
+            peer()?;
+            let (mut ours, mut theirs, mut hashed) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                ours.push(time(|| extend(&["--platform", p, "--force"]))?);
+                let t = time(peer)?;
+                theirs.push(t);
+                hashed.push(t + time(hash)?);
+            }
+            let (o, t, h) = (median(ours), median(theirs), median(hashed));
+            let m = w.read_meta(&id, "x86_64")?;
+            let a = m.images.get(*p).context("not registered")?;
+            println!(
+                "| {p} | {} {:.0} MiB | {} | {} | {:.2}× | {} | {:.2}× |",
+                a.path
+                    .rsplit_once(&format!("{p}.x86_64."))
+                    .map_or("", |x| x.1),
+                a.size.unwrap_or(0) as f64 / (1 << 20) as f64,
+                secs(o),
+                secs(t),
+                o.as_secs_f64() / t.as_secs_f64(),
+                secs(h),
+                o.as_secs_f64() / h.as_secs_f64()
+            );
+            let _ = std::fs::remove_file(&out);
+            // Keep the disk free: the fixed-size and raw outputs are GiB-sized files.
+            remove_image(&w, &id, &arch_dir, p)?;
+        }
     }
 
     // Compression.
-    println!(
-        "\nCompression of the qemu disk ({:.0} MiB); median of {RUNS} runs, alternating\n",
-        qsize as f64 / (1 << 20) as f64
-    );
-    println!(
-        "| compressor | cosa-extend compress --artifact qemu | peer | peer time | ratio | size |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for (c, peer_cmd) in [("xz", "xz -T0 -9 -c"), ("zstd", "zstd -T0 -10 -q -c")] {
-        let peer = || {
-            bash(
-                &format!("{peer_cmd} \"$1\" > \"$2\""),
-                &[qcow2.as_str(), out.as_str()],
-            )
-        };
-        let ours = || extend(&["compress", "--compressor", c, "--artifact", "qemu"]);
-        let undo = || extend(&["decompress", "--artifact", "qemu"]);
-        let (mut o, mut p) = (Vec::new(), Vec::new());
-        for _ in 0..RUNS {
-            o.push(time(ours)?);
-            let m = w.read_meta(&id, "x86_64")?;
-            let size = m.images.get("qemu").and_then(|a| a.size).unwrap_or(0);
-            undo()?;
-            p.push(time(peer)?);
-            let psize = std::fs::metadata(&out)?.len();
-            anyhow::ensure!(
-                size.abs_diff(psize) < 1 << 20,
-                "{c}: sizes differ: {size} vs {psize}"
-            );
-        }
-        let (o, p) = (median(o), median(p));
-        let psize = std::fs::metadata(&out)?.len();
+    if selected("SECTIONS", "compress") {
         println!(
-            "| {c} | {} | `{peer_cmd}` | {} | {:.2}× | {:.0} MiB |",
-            secs(o),
-            secs(p),
-            o.as_secs_f64() / p.as_secs_f64(),
-            psize as f64 / (1 << 20) as f64
+            "\nCompression of the qemu disk ({:.0} MiB); median of {RUNS} runs, alternating\n",
+            qsize as f64 / (1 << 20) as f64
         );
-        let _ = std::fs::remove_file(&out);
+        println!(
+            "| compressor | cosa-extend compress --artifact qemu | peer | peer time | ratio | size |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for (c, peer_cmd) in [("xz", "xz -T0 -9 -c"), ("zstd", "zstd -T0 -10 -q -c")] {
+            let peer = || {
+                bash(
+                    &format!("{peer_cmd} \"$1\" > \"$2\""),
+                    &[qcow2.as_str(), out.as_str()],
+                )
+            };
+            let ours = || extend(&["compress", "--compressor", c, "--artifact", "qemu"]);
+            let undo = || extend(&["decompress", "--artifact", "qemu"]);
+            let (mut o, mut p) = (Vec::new(), Vec::new());
+            for _ in 0..RUNS {
+                o.push(time(ours)?);
+                let m = w.read_meta(&id, "x86_64")?;
+                let size = m.images.get("qemu").and_then(|a| a.size).unwrap_or(0);
+                undo()?;
+                p.push(time(peer)?);
+                let psize = std::fs::metadata(&out)?.len();
+                anyhow::ensure!(
+                    size.abs_diff(psize) < 1 << 20,
+                    "{c}: sizes differ: {size} vs {psize}"
+                );
+            }
+            let (o, p) = (median(o), median(p));
+            let psize = std::fs::metadata(&out)?.len();
+            println!(
+                "| {c} | {} | `{peer_cmd}` | {} | {:.2}× | {:.0} MiB |",
+                secs(o),
+                secs(p),
+                o.as_secs_f64() / p.as_secs_f64(),
+                psize as f64 / (1 << 20) as f64
+            );
+            let _ = std::fs::remove_file(&out);
+        }
     }
 
     // All platforms: one call vs one call per platform.
+    if !selected("SECTIONS", "all") {
+        return Ok(());
+    }
     let all: Vec<&str> = cosa::extend::platforms::names();
     let one = time(|| extend(&["--platform", "all", "--force"]))?;
     let each = time(|| {

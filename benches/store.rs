@@ -55,39 +55,47 @@ fn cpu_secs(pid: &str, children: bool) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// One operation measured over `RUNS` runs: the best time, and the mean CPU
-/// seconds of the client (the command run) and of the server per run.
+/// One operation measured over `RUNS` runs: the best time, the best time of the
+/// operation followed by `sync` (its data on the disk: cosa-fetch does not fsync by
+/// default, nor does the awscli), and the mean CPU seconds of the client (the
+/// command run) and of the server per run.
 struct Measured {
     best: Duration,
+    best_synced: Duration,
     client_cpu: f64,
     server_cpu: f64,
 }
 
-fn measure(server: u32, mut f: impl FnMut() -> Result<()>) -> Result<Measured> {
+/// Before each run `prepare` (not timed), then `sync`, so that one run's writeback
+/// does not fall into the next one's time.
+fn measure(
+    server: u32,
+    mut prepare: impl FnMut() -> Result<()>,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Measured> {
     let sp = server.to_string();
-    let (c0, s0) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
-    let mut v = Vec::new();
+    let (mut v, mut synced) = (Vec::new(), Vec::new());
+    let (mut client, mut srv) = (0.0, 0.0);
     for _ in 0..RUNS {
+        prepare()?;
+        run_ok(&mut Command::new("sync"))?;
+        let (c0, s0) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
         let t = Instant::now();
         f()?;
-        v.push(t.elapsed());
+        let op = t.elapsed();
+        let (c1, s1) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
+        run_ok(&mut Command::new("sync"))?;
+        v.push(op);
+        synced.push(t.elapsed());
+        client += c1 - c0;
+        srv += s1 - s0;
     }
-    let (c1, s1) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
     Ok(Measured {
         best: v.into_iter().min().context("no runs")?,
-        client_cpu: (c1 - c0) / RUNS as f64,
-        server_cpu: (s1 - s0) / RUNS as f64,
+        best_synced: synced.into_iter().min().context("no runs")?,
+        client_cpu: client / RUNS as f64,
+        server_cpu: srv / RUNS as f64,
     })
-}
-
-fn best(mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
-    let mut v = Vec::new();
-    for _ in 0..RUNS {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed());
-    }
-    v.into_iter().min().context("no runs")
 }
 
 fn free_port() -> Result<u16> {
@@ -281,16 +289,21 @@ fn main() -> Result<()> {
     wd.set_latest(Some(id), &lock)?;
     drop(lock);
 
-    let cp = best(|| {
-        let dest = dir.join("cp");
-        let _ = std::fs::remove_dir_all(&dest);
-        run_ok(Command::new("cp").arg("-r").arg(&arch_dir).arg(&dest))
-    })?;
-    let _ = std::fs::remove_dir_all(dir.join("cp"));
+    let cpdest = dir.join("cp");
+    let cp = measure(
+        std::process::id(),
+        || {
+            let _ = std::fs::remove_dir_all(&cpdest);
+            Ok(())
+        },
+        || run_ok(Command::new("cp").arg("-r").arg(&arch_dir).arg(&cpdest)),
+    )?;
+    let _ = std::fs::remove_dir_all(&cpdest);
     let mut rows = vec![format!(
-        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | – | – | – |",
-        cp.as_secs_f64(),
-        mibs(cp)
+        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | {:.2} s | – | – | – | – |",
+        cp.best.as_secs_f64(),
+        mibs(cp.best),
+        cp.best_synced.as_secs_f64()
     )];
 
     let only = std::env::var("COSA_BENCH_SERVERS").unwrap_or_default();
@@ -304,72 +317,94 @@ fn main() -> Result<()> {
         };
         let cfg = dir.join("aws-config");
         let mut run_no = 0;
-        let cosa_up = measure(s.child.id(), || {
-            run_no += 1;
-            run_ok(cosa(&s, "cosa-upload").args([
-                "--workdir",
-                wd.root().as_str(),
-                "--url",
-                &format!("s3://{BUCKET}/cosa{run_no}"),
-            ]))
-        })?;
+        let cosa_up = measure(
+            s.child.id(),
+            || Ok(()),
+            || {
+                run_no += 1;
+                run_ok(cosa(&s, "cosa-upload").args([
+                    "--workdir",
+                    wd.root().as_str(),
+                    "--url",
+                    &format!("s3://{BUCKET}/cosa{run_no}"),
+                ]))
+            },
+        )?;
         let mut run_no = 0;
-        let aws_up = measure(s.child.id(), || {
-            run_no += 1;
-            run_ok(aws(&s, &cfg).args([
-                "s3",
-                "cp",
-                "--recursive",
-                "--quiet",
-                arch_dir.as_str(),
-                &format!("s3://{BUCKET}/aws{run_no}/{id}/{arch}/"),
-            ]))
-        })?;
-        let cosa_down = measure(s.child.id(), || {
-            let dest = dir.join("fetch");
-            let _ = std::fs::remove_dir_all(&dest);
-            let w = cosa::workdir::Workdir::init(dest.clone())?;
-            run_ok(cosa(&s, "cosa-fetch").args([
-                "--workdir",
-                w.root().as_str(),
-                "--url",
-                &format!("s3://{BUCKET}/cosa1"),
-                "--arch",
-                arch,
-                "--artifact",
-                "all",
-            ]))
-        })?;
-        let aws_down = measure(s.child.id(), || {
-            let dest = dir.join("awsfetch");
-            let _ = std::fs::remove_dir_all(&dest);
-            run_ok(aws(&s, &cfg).args([
-                "s3",
-                "cp",
-                "--recursive",
-                "--quiet",
-                &format!("s3://{BUCKET}/aws1/{id}/{arch}/"),
-                dest.as_str(),
-            ]))
-        })?;
+        let aws_up = measure(
+            s.child.id(),
+            || Ok(()),
+            || {
+                run_no += 1;
+                run_ok(aws(&s, &cfg).args([
+                    "s3",
+                    "cp",
+                    "--recursive",
+                    "--quiet",
+                    arch_dir.as_str(),
+                    &format!("s3://{BUCKET}/aws{run_no}/{id}/{arch}/"),
+                ]))
+            },
+        )?;
+        let dest = dir.join("fetch");
+        let cosa_down = measure(
+            s.child.id(),
+            || {
+                let _ = std::fs::remove_dir_all(&dest);
+                cosa::workdir::Workdir::init(dest.clone()).map(|_| ())
+            },
+            || {
+                run_ok(cosa(&s, "cosa-fetch").args([
+                    "--workdir",
+                    dest.as_str(),
+                    "--url",
+                    &format!("s3://{BUCKET}/cosa1"),
+                    "--arch",
+                    arch,
+                    "--artifact",
+                    "all",
+                ]))
+            },
+        )?;
+        let awsdest = dir.join("awsfetch");
+        let aws_down = measure(
+            s.child.id(),
+            || {
+                let _ = std::fs::remove_dir_all(&awsdest);
+                Ok(())
+            },
+            || {
+                run_ok(aws(&s, &cfg).args([
+                    "s3",
+                    "cp",
+                    "--recursive",
+                    "--quiet",
+                    &format!("s3://{BUCKET}/aws1/{id}/{arch}/"),
+                    awsdest.as_str(),
+                ]))
+            },
+        )?;
         let _ = std::fs::remove_dir_all(dir.join("fetch"));
         let _ = std::fs::remove_dir_all(dir.join("awsfetch"));
         for (op, c, a) in [("upload", cosa_up, aws_up), ("fetch", cosa_down, aws_down)] {
             rows.push(format!(
-                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2}× of cp | {:.1} s | {:.1} s |",
+                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2} s | 1.00× | {:.2}× of cp | {:.1} s | {:.1} s |",
                 a.best.as_secs_f64(),
                 mibs(a.best),
-                mibs(a.best) / mibs(cp),
+                a.best_synced.as_secs_f64(),
+                mibs(a.best) / mibs(cp.best),
                 a.client_cpu,
                 a.server_cpu
             ));
             rows.push(format!(
-                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2}× of cp | {:.1} s | {:.1} s |",
+                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2} s | {:.2}× | {:.2}× of cp | {:.1} s | {:.1} s |",
                 if op == "upload" { "upload" } else { "fetch (sha256-verified)" },
                 c.best.as_secs_f64(),
                 mibs(c.best),
                 mibs(c.best) / mibs(a.best),
-                mibs(c.best) / mibs(cp),
+                c.best_synced.as_secs_f64(),
+                a.best_synced.as_secs_f64() / c.best_synced.as_secs_f64(),
+                mibs(c.best) / mibs(cp.best),
                 c.client_cpu,
                 c.server_cpu
             ));
@@ -381,9 +416,9 @@ fn main() -> Result<()> {
         ARTIFACT_SIZE >> 20
     );
     println!(
-        "| operation | time | throughput | ratio to peer | ratio to cp | client CPU | server CPU |"
+        "| operation | time | throughput | ratio to peer | time + `sync` | ratio to peer | ratio to cp | client CPU | server CPU |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!("{r}");
     }

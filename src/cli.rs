@@ -52,35 +52,43 @@ pub trait Command: Parser {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // The AWS SDK traces signing inputs (the access key ID among them) at trace level,
     // and at debug level prints the resolved identity (access key ID) with the endpoint
-    // and auth parameters: those crates and modules never log below debug or info,
-    // whatever RUST_LOG says. Secrets stay out of logs (tests/integration/secrets.rs).
-    for d in [
-        "aws_sigv4=debug",
-        "aws_smithy_runtime=debug",
-        "aws_smithy_runtime_api=debug",
-        "aws_smithy_runtime::client::orchestrator::endpoints=info",
-        "aws_smithy_runtime::client::orchestrator::auth=info",
-        "aws_smithy_runtime::client::identity=info",
-    ] {
-        if let Ok(d) = d.parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // and auth parameters: those crates and modules are capped at debug or info,
+    // whatever RUST_LOG says (a cap only: below it, RUST_LOG and -v decide). Secrets
+    // stay out of logs (tests/integration/secrets.rs).
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("aws_sigv4", LevelFilter::DEBUG)
+        .with_target("aws_smithy_runtime", LevelFilter::DEBUG)
+        .with_target("aws_smithy_runtime_api", LevelFilter::DEBUG)
+        .with_target(
+            "aws_smithy_runtime::client::orchestrator::endpoints",
+            LevelFilter::INFO,
+        )
+        .with_target(
+            "aws_smithy_runtime::client::orchestrator::auth",
+            LevelFilter::INFO,
+        )
+        .with_target("aws_smithy_runtime::client::identity", LevelFilter::INFO);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .without_time()
-        .try_init();
+        .with_filter(filter.and(caps));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// The whole of a binary's `main`: parse, log, run, map to an exit code.

@@ -28,7 +28,7 @@ use crate::cli::{Command, GlobalArgs, Outcome};
 use crate::fsutil;
 use crate::meta::Meta;
 use crate::names::{host_arch, validate_arch};
-use crate::store::transfer::{Expected, Fetch, download_verified};
+use crate::store::transfer::{Expected, Fetch, Transfer, download_verified};
 use crate::store::{BUILDS_JSON, StoreArgs, block_on, key, read_json_doc};
 use crate::workdir::Workdir;
 
@@ -61,6 +61,10 @@ pub struct Args {
     /// Replace the local builds.json even when it has builds the store lacks.
     #[arg(long)]
     pub force: bool,
+    /// fsync each artifact before it takes its final name (a build directory that
+    /// must survive a power cut; by default files are verified by sha256 on use).
+    #[arg(long)]
+    pub sync: bool,
 }
 
 impl Command for Args {
@@ -258,15 +262,18 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
     }
 
     // Artifacts, two files at a time, each in parallel ranges.
-    let jobs = store.options.jobs;
-    let part = store.options.part_size;
+    let how = Transfer {
+        jobs: store.options.jobs,
+        part_size: store.options.part_size,
+        sync: args.sync,
+    };
     let started = std::time::Instant::now();
     let results: Vec<(Fetch, &Download)> = futures::stream::iter(&downloads)
         .map(|d| {
             let client = &client;
             async move {
                 tracing::info!("fetch {}", client.describe(&d.key));
-                download_verified(client, &d.key, &d.dest, &d.expected, jobs, part)
+                download_verified(client, &d.key, &d.dest, &d.expected, how)
                     .await
                     .map(|f| (f, d))
             }

@@ -17,6 +17,8 @@ PACKAGES=(
   xorriso squashfs-tools erofs-utils zstd xz-utils
   # user namespaces for rootless steps; rsync for gitlab-ci-local
   uidmap rsync python3-venv ca-certificates
+  # tests only: which syscalls a binary makes (fsync of fetched files)
+  strace
 )
 
 SUDO=

@@ -1,10 +1,19 @@
 //! Downloading an object to a local file, verified by sha256 while it streams.
 //!
 //! The bytes go to `.cosa-tmp.<name>.partial` beside the final name; only a file
-//! whose size and sha256 match is synced and renamed into place, so a partial or
-//! corrupt file never sits under its final name. A rerun continues a partial file
-//! from where it stopped (its bytes so far are hashed again first), and a final
-//! file that already matches is not fetched again.
+//! whose size and sha256 match is renamed into place, so a partial or corrupt file
+//! never sits under its final name. A rerun continues a partial file from where it
+//! stopped (its bytes so far are hashed again first), and a final file that already
+//! matches is not fetched again.
+//!
+//! Durability is a choice ([`Transfer::sync`]): by default a file is renamed into
+//! place without an fsync, as `aws s3 cp` and coreos-assembler's buildfetch leave
+//! theirs, and the data stays in the page cache for the job's next step. The rename
+//! is atomic against a killed process; after a power cut a file may be short, and
+//! every reader checks it against meta.json's sha256 before use (a rerun of
+//! cosa-fetch hashes a present file before it skips it). With `sync`, each chunk's
+//! writeback starts as it is written and the file and its directory are fsynced
+//! before and after the rename.
 //!
 //! Ranged stores (S3, file) are read as parallel ranged GETs of `part_size` bytes,
 //! consumed in order, so hashing stays sequential; http(s) is one stream that is
@@ -47,17 +56,29 @@ pub fn partial_path(dest: &Utf8Path) -> Utf8PathBuf {
     dest.with_file_name(format!("{TMP_PREFIX}{name}.partial"))
 }
 
+/// How downloads run.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    /// Ranged requests in flight per file.
+    pub jobs: usize,
+    /// Bytes per ranged request.
+    pub part_size: u64,
+    /// fsync each file (and its directory) when it takes its final name.
+    pub sync: bool,
+}
+
 struct Sink {
     file: std::fs::File,
     hasher: Sha256,
     written: u64,
+    sync: bool,
 }
 
 impl Sink {
-    /// Write and hash a chunk (in segments) off the async threads, and start writing
-    /// it back to the disk now, so that the final fsync has little left to wait for
-    /// (with a large page cache, the kernel would otherwise hold the whole file dirty
-    /// until that fsync).
+    /// Write and hash a chunk (in segments) off the async threads. With `sync`, start
+    /// writing it back to the disk now, so that the final fsync has little left to
+    /// wait for (with a large page cache, the kernel would otherwise hold the whole
+    /// file dirty until that fsync).
     async fn push(mut self, segments: Vec<Bytes>) -> Result<Self> {
         tokio::task::spawn_blocking(move || -> Result<Self> {
             let start = self.written;
@@ -66,15 +87,17 @@ impl Sink {
                 self.hasher.update(b);
                 self.written += b.len() as u64;
             }
-            start_writeback(&self.file, start, self.written - start);
+            if self.sync {
+                start_writeback(&self.file, start, self.written - start);
+            }
             Ok(self)
         })
         .await
         .context("writing task failed")?
     }
 
-    /// Check the size and sha256; a good file is synced and renamed to `dest`, a
-    /// corrupt one removed. Blocking (fsync): run off the async threads.
+    /// Check the size and sha256; a good file is renamed to `dest` (synced first and
+    /// after with `sync`), a corrupt one removed. Blocking: run off the async threads.
     fn finish(
         self,
         part: &Utf8Path,
@@ -87,6 +110,7 @@ impl Sink {
             file,
             hasher,
             written,
+            sync,
         } = self;
         if written != size {
             bail!("{what}: truncated: {written} of {size} bytes");
@@ -100,10 +124,12 @@ impl Sink {
                 exp.sha256
             );
         }
-        file.sync_all().with_context(|| format!("syncing {part}"))?;
+        if sync {
+            file.sync_all().with_context(|| format!("syncing {part}"))?;
+        }
         drop(file);
         std::fs::rename(part, dest).with_context(|| format!("renaming {part} to {dest}"))?;
-        if let Some(d) = dest.parent() {
+        if sync && let Some(d) = dest.parent() {
             fsync_dir(d)?;
         }
         Ok(())
@@ -133,8 +159,7 @@ pub async fn download_verified(
     key: &str,
     dest: &Utf8Path,
     exp: &Expected,
-    jobs: usize,
-    part_size: u64,
+    how: Transfer,
 ) -> Result<Fetch> {
     let what = client.describe(key);
     // A verified file is not fetched again.
@@ -156,13 +181,21 @@ pub async fn download_verified(
         }
     };
     let part = partial_path(dest);
-    let sink = resume(&part, size).await?;
+    let sink = resume(&part, size, how.sync).await?;
     let start = sink.written;
     if start > 0 {
         tracing::info!("{what}: resuming at byte {start} of {size}");
     }
     let sink = if client.ranged() {
-        fetch_ranged(client, key, sink, size, jobs.max(1), part_size.max(1 << 20)).await?
+        fetch_ranged(
+            client,
+            key,
+            sink,
+            size,
+            how.jobs.max(1),
+            how.part_size.max(1 << 20),
+        )
+        .await?
     } else {
         fetch_streamed(client, key, sink, size).await?
     };
@@ -177,7 +210,7 @@ pub async fn download_verified(
 
 /// Open the partial file, hashing what it already holds (a partial file longer than
 /// the object is started over).
-async fn resume(part: &Utf8Path, size: u64) -> Result<Sink> {
+async fn resume(part: &Utf8Path, size: u64, sync: bool) -> Result<Sink> {
     let part = part.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Sink> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -220,6 +253,7 @@ async fn resume(part: &Utf8Path, size: u64) -> Result<Sink> {
             file,
             hasher,
             written,
+            sync,
         })
     })
     .await

@@ -33,6 +33,47 @@ fn read_store_builds(dir: &Utf8Path) -> Result<BuildsJson> {
     BuildsJson::parse(&std::fs::read(dir.join("builds.json"))?, "builds.json")
 }
 
+/// The fetched files that were fsynced (under their partial name), from strace.
+fn fsynced_partials(t: &TestWorkdir, url: &str, extra: &[&str]) -> Result<usize> {
+    let log = t.root().join("strace.log");
+    let mut c = Command::new("strace");
+    c.args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", log.as_str()]);
+    let exe = bin("cosa-fetch");
+    c.arg(exe.get_program())
+        .envs(exe.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .args(["--workdir", t.root().as_str(), "--url", url])
+        .args(["--artifact", "all", "--arch", "x86_64"])
+        .args(extra);
+    for k in exe.get_envs().filter(|(_, v)| v.is_none()).map(|(k, _)| k) {
+        c.env_remove(k);
+    }
+    ok(run(&mut c)?);
+    let text = std::fs::read_to_string(&log)?;
+    Ok(text.lines().filter(|l| l.contains(".partial>")).count())
+}
+
+/// By default fetched artifacts are renamed into place without an fsync (as the
+/// awscli and coreos-assembler leave theirs); `--sync` fsyncs each one first.
+#[test]
+fn fetch_syncs_only_with_sync() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let url = format!("file://{store}");
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1.0", "x86_64", &[3 << 20, 10, 0])?;
+    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let t2 = TestWorkdir::new()?;
+    assert_eq!(fsynced_partials(&t2, &url, &[])?, 0);
+    let t3 = TestWorkdir::new()?;
+    assert_eq!(fsynced_partials(&t3, &url, &["--sync"])?, 3);
+    for w in [&t2, &t3] {
+        assert_same_tree(
+            &t.wd.build_arch_dir("1.0", "x86_64")?,
+            &w.wd.build_arch_dir("1.0", "x86_64")?,
+        )?;
+    }
+    Ok(())
+}
+
 #[test]
 fn round_trip_and_skip() -> Result<()> {
     let (_td, store) = store_dir()?;

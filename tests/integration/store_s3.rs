@@ -49,6 +49,14 @@ fn exists(rt: &tokio::runtime::Runtime, s: &S3Server, key: &str) -> bool {
         .is_ok()
 }
 
+/// At the default verbosity (no -v, no RUST_LOG), no debug line of ours or of the
+/// SDK's, and no colour codes when stderr is not a terminal.
+fn quiet(r: &Run) {
+    for bad in ["DEBUG", "TRACE", "\x1b["] {
+        assert!(!r.stderr.contains(bad), "{bad:?} in:\n{}", r.stderr);
+    }
+}
+
 fn round_trip(kind: Kind) -> Result<()> {
     let Some(s) = S3Server::start(kind)? else {
         return Ok(());
@@ -60,6 +68,7 @@ fn round_trip(kind: Kind) -> Result<()> {
     let url = s.url("prod/streams/stable/builds");
     let r = ok(run(cosa(&s, "cosa-upload", &t).args(["--url", &url]))?);
     assert!(r.stdout.contains("uploaded=5\nskipped=0"), "{}", r.stdout);
+    quiet(&r);
     let mode = if kind.conditional_writes() {
         "honoured"
     } else {
@@ -110,6 +119,7 @@ fn round_trip(kind: Kind) -> Result<()> {
         "all",
     ]))?);
     assert!(r.stdout.contains("build=1.0\n"), "{}", r.stdout);
+    quiet(&r);
     assert_same_tree(
         &t.wd.build_arch_dir("1.0", "x86_64")?,
         &t2.wd.build_arch_dir("1.0", "x86_64")?,
