@@ -19,7 +19,7 @@ use cosa::meta::{Artifact, Meta};
 
 const ARTIFACTS: usize = 4;
 const ARTIFACT_SIZE: usize = 512 << 20;
-const RUNS: usize = 2;
+const RUNS: usize = 3;
 const BUCKET: &str = "bench";
 const AWS: &str = "/usr/bin/aws";
 
@@ -66,36 +66,54 @@ struct Measured {
     server_cpu: f64,
 }
 
-/// Before each run `prepare` (not timed), then `sync`, so that one run's writeback
-/// does not fall into the next one's time.
-fn measure(
-    server: u32,
-    mut prepare: impl FnMut() -> Result<()>,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<Measured> {
-    let sp = server.to_string();
-    let (mut v, mut synced) = (Vec::new(), Vec::new());
-    let (mut client, mut srv) = (0.0, 0.0);
-    for _ in 0..RUNS {
-        prepare()?;
-        run_ok(&mut Command::new("sync"))?;
-        let (c0, s0) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
-        let t = Instant::now();
-        f()?;
-        let op = t.elapsed();
-        let (c1, s1) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
-        run_ok(&mut Command::new("sync"))?;
-        v.push(op);
-        synced.push(t.elapsed());
-        client += c1 - c0;
-        srv += s1 - s0;
+/// One side of a comparison: `prepare` (not timed) before each run of `run`.
+struct Side<'a> {
+    prepare: Box<dyn FnMut() -> Result<()> + 'a>,
+    run: Box<dyn FnMut() -> Result<()> + 'a>,
+}
+
+impl<'a> Side<'a> {
+    fn new(prepare: impl FnMut() -> Result<()> + 'a, run: impl FnMut() -> Result<()> + 'a) -> Self {
+        Side {
+            prepare: Box::new(prepare),
+            run: Box::new(run),
+        }
     }
-    Ok(Measured {
-        best: v.into_iter().min().context("no runs")?,
-        best_synced: synced.into_iter().min().context("no runs")?,
-        client_cpu: client / RUNS as f64,
-        server_cpu: srv / RUNS as f64,
-    })
+}
+
+/// Runs of each side, alternating (ours, theirs, ours, ...) so that a slow spell of
+/// the machine falls on both; `sync` before each run, so that no run's writeback
+/// falls into the next one's time.
+fn measure(server: u32, mut sides: Vec<Side<'_>>) -> Result<Vec<Measured>> {
+    let sp = server.to_string();
+    let mut acc: Vec<(Vec<Duration>, Vec<Duration>, f64, f64)> =
+        sides.iter().map(|_| Default::default()).collect();
+    for _ in 0..RUNS {
+        for (side, acc) in sides.iter_mut().zip(acc.iter_mut()) {
+            (side.prepare)()?;
+            run_ok(&mut Command::new("sync"))?;
+            let (c0, s0) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
+            let t = Instant::now();
+            (side.run)()?;
+            let op = t.elapsed();
+            let (c1, s1) = (cpu_secs("self", true)?, cpu_secs(&sp, false)?);
+            run_ok(&mut Command::new("sync"))?;
+            acc.0.push(op);
+            acc.1.push(t.elapsed());
+            acc.2 += c1 - c0;
+            acc.3 += s1 - s0;
+        }
+    }
+    acc.into_iter()
+        .map(|(v, synced, c, s)| {
+            Ok(Measured {
+                best: v.into_iter().min().context("no runs")?,
+                best_synced: synced.into_iter().min().context("no runs")?,
+                client_cpu: c / RUNS as f64,
+                server_cpu: s / RUNS as f64,
+            })
+        })
+        .collect()
 }
 
 fn free_port() -> Result<u16> {
@@ -233,6 +251,21 @@ fn cosa(s: &Server, name: &str) -> Command {
     c
 }
 
+/// Remove upload number `n` of `tool` from the store (not the first: it is fetched
+/// later), so that the runs do not fill the disk.
+fn drop_upload(s: &Server, cfg: &Utf8Path, tool: &str, n: usize) -> Result<()> {
+    if n < 2 {
+        return Ok(());
+    }
+    run_ok(aws(s, cfg).args([
+        "s3",
+        "rm",
+        "--recursive",
+        "--quiet",
+        &format!("s3://{BUCKET}/{tool}{n}/"),
+    ]))
+}
+
 fn mibs(d: Duration) -> f64 {
     (ARTIFACTS * ARTIFACT_SIZE) as f64 / 1048576.0 / d.as_secs_f64()
 }
@@ -292,12 +325,15 @@ fn main() -> Result<()> {
     let cpdest = dir.join("cp");
     let cp = measure(
         std::process::id(),
-        || {
-            let _ = std::fs::remove_dir_all(&cpdest);
-            Ok(())
-        },
-        || run_ok(Command::new("cp").arg("-r").arg(&arch_dir).arg(&cpdest)),
-    )?;
+        vec![Side::new(
+            || {
+                let _ = std::fs::remove_dir_all(&cpdest);
+                Ok(())
+            },
+            || run_ok(Command::new("cp").arg("-r").arg(&arch_dir).arg(&cpdest)),
+        )],
+    )?
+    .remove(0);
     let _ = std::fs::remove_dir_all(&cpdest);
     let mut rows = vec![format!(
         "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | {:.2} s | – | – | – | – |",
@@ -316,74 +352,82 @@ fn main() -> Result<()> {
             continue;
         };
         let cfg = dir.join("aws-config");
-        let mut run_no = 0;
-        let cosa_up = measure(
+        let (cosa_no, aws_no) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+        let up = measure(
             s.child.id(),
-            || Ok(()),
-            || {
-                run_no += 1;
-                run_ok(cosa(&s, "cosa-upload").args([
-                    "--workdir",
-                    wd.root().as_str(),
-                    "--url",
-                    &format!("s3://{BUCKET}/cosa{run_no}"),
-                ]))
-            },
+            vec![
+                Side::new(
+                    || drop_upload(&s, &cfg, "cosa", cosa_no.get()),
+                    || {
+                        cosa_no.set(cosa_no.get() + 1);
+                        run_ok(cosa(&s, "cosa-upload").args([
+                            "--workdir",
+                            wd.root().as_str(),
+                            "--url",
+                            &format!("s3://{BUCKET}/cosa{}", cosa_no.get()),
+                        ]))
+                    },
+                ),
+                Side::new(
+                    || drop_upload(&s, &cfg, "aws", aws_no.get()),
+                    || {
+                        aws_no.set(aws_no.get() + 1);
+                        run_ok(aws(&s, &cfg).args([
+                            "s3",
+                            "cp",
+                            "--recursive",
+                            "--quiet",
+                            arch_dir.as_str(),
+                            &format!("s3://{BUCKET}/aws{}/{id}/{arch}/", aws_no.get()),
+                        ]))
+                    },
+                ),
+            ],
         )?;
-        let mut run_no = 0;
-        let aws_up = measure(
+        let (dest, awsdest) = (dir.join("fetch"), dir.join("awsfetch"));
+        let down = measure(
             s.child.id(),
-            || Ok(()),
-            || {
-                run_no += 1;
-                run_ok(aws(&s, &cfg).args([
-                    "s3",
-                    "cp",
-                    "--recursive",
-                    "--quiet",
-                    arch_dir.as_str(),
-                    &format!("s3://{BUCKET}/aws{run_no}/{id}/{arch}/"),
-                ]))
-            },
+            vec![
+                Side::new(
+                    || {
+                        let _ = std::fs::remove_dir_all(&dest);
+                        cosa::workdir::Workdir::init(dest.clone()).map(|_| ())
+                    },
+                    || {
+                        run_ok(cosa(&s, "cosa-fetch").args([
+                            "--workdir",
+                            dest.as_str(),
+                            "--url",
+                            &format!("s3://{BUCKET}/cosa1"),
+                            "--arch",
+                            arch,
+                            "--artifact",
+                            "all",
+                        ]))
+                    },
+                ),
+                Side::new(
+                    || {
+                        let _ = std::fs::remove_dir_all(&awsdest);
+                        Ok(())
+                    },
+                    || {
+                        run_ok(aws(&s, &cfg).args([
+                            "s3",
+                            "cp",
+                            "--recursive",
+                            "--quiet",
+                            &format!("s3://{BUCKET}/aws1/{id}/{arch}/"),
+                            awsdest.as_str(),
+                        ]))
+                    },
+                ),
+            ],
         )?;
-        let dest = dir.join("fetch");
-        let cosa_down = measure(
-            s.child.id(),
-            || {
-                let _ = std::fs::remove_dir_all(&dest);
-                cosa::workdir::Workdir::init(dest.clone()).map(|_| ())
-            },
-            || {
-                run_ok(cosa(&s, "cosa-fetch").args([
-                    "--workdir",
-                    dest.as_str(),
-                    "--url",
-                    &format!("s3://{BUCKET}/cosa1"),
-                    "--arch",
-                    arch,
-                    "--artifact",
-                    "all",
-                ]))
-            },
-        )?;
-        let awsdest = dir.join("awsfetch");
-        let aws_down = measure(
-            s.child.id(),
-            || {
-                let _ = std::fs::remove_dir_all(&awsdest);
-                Ok(())
-            },
-            || {
-                run_ok(aws(&s, &cfg).args([
-                    "s3",
-                    "cp",
-                    "--recursive",
-                    "--quiet",
-                    &format!("s3://{BUCKET}/aws1/{id}/{arch}/"),
-                    awsdest.as_str(),
-                ]))
-            },
-        )?;
+        let [cosa_up, aws_up]: [Measured; 2] =
+            up.try_into().map_err(|_| anyhow::anyhow!("two sides"))?;
+        let [cosa_down, aws_down]: [Measured; 2] =
+            down.try_into().map_err(|_| anyhow::anyhow!("two sides"))?;
         let _ = std::fs::remove_dir_all(dir.join("fetch"));
         let _ = std::fs::remove_dir_all(dir.join("awsfetch"));
         for (op, c, a) in [("upload", cosa_up, aws_up), ("fetch", cosa_down, aws_down)] {
@@ -410,6 +454,8 @@ fn main() -> Result<()> {
             ));
         }
         eprintln!("{} done", s.name);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir.join(name));
     }
     println!(
         "2 GiB build ({ARTIFACTS} × {} MiB), best of {RUNS} runs each\n",

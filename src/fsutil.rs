@@ -89,28 +89,6 @@ pub fn replace_symlink(target: &str, link: &Utf8Path) -> Result<()> {
     fsync_dir(dir)
 }
 
-/// Remove leftover temporary files (from a crash) in `dir`. Missing `dir` is fine.
-pub fn remove_stale_tmp(dir: &Utf8Path) -> Result<()> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("listing {dir}")),
-    };
-    for ent in rd {
-        let ent = ent.with_context(|| format!("listing {dir}"))?;
-        if ent.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-            let p = ent.path();
-            let r = if ent.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.with_context(|| format!("removing stale temporary {}", p.display()))?;
-        }
-    }
-    Ok(())
-}
-
 /// sha256 (hex) and size of a file, streamed.
 pub fn sha256_file(path: &Utf8Path) -> Result<(String, u64)> {
     use sha2::{Digest, Sha256};

@@ -34,6 +34,7 @@ pub mod meta;
 pub mod names;
 pub mod parse;
 pub mod prune;
+pub mod scratch;
 pub mod store;
 pub mod treefile;
 pub mod upload;

@@ -211,8 +211,8 @@ struct Start {
 
 fn start(wd: &Workdir, arch: &str) -> Result<Start> {
     let lock = wd.lock()?;
-    crate::fsutil::remove_stale_tmp(&wd.builds_dir())?;
-    crate::fsutil::remove_stale_tmp(&wd.tmp_dir())?;
+    crate::scratch::remove_stale_tmp(&wd.builds_dir())?;
+    crate::scratch::remove_stale_tmp(&wd.tmp_dir())?;
     let builds = wd.read_builds()?;
     let prev = builds
         .builds

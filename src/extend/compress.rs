@@ -187,8 +187,6 @@ pub fn filter_file(
     let written = written
         .with_context(|| format!("writing {output}"))
         .map_err(|e| super::derive::explain_full(e, output))?;
-    out.sync_all()
-        .with_context(|| format!("syncing {output}"))?;
     Ok((fed, written))
 }
 
@@ -373,7 +371,7 @@ pub fn compress(wd: &Workdir, req: &Request) -> Result<Vec<Done>> {
     let meta = wd.read_meta(&id, arch)?;
     check_artifacts(&meta, req)?;
     let cfg = build_image_config(wd, &dir, &meta)?;
-    crate::fsutil::remove_stale_tmp(&dir)?;
+    crate::scratch::remove_stale_tmp(&dir)?;
     let mut done = Vec::new();
     let keys: Vec<String> = meta.images.keys().cloned().collect();
     for key in keys {
@@ -452,7 +450,7 @@ pub fn decompress(wd: &Workdir, req: &Request) -> Result<Vec<Done>> {
     let dir = wd.build_arch_dir(&id, arch)?;
     let meta = wd.read_meta(&id, arch)?;
     check_artifacts(&meta, req)?;
-    crate::fsutil::remove_stale_tmp(&dir)?;
+    crate::scratch::remove_stale_tmp(&dir)?;
     let mut done = Vec::new();
     let keys: Vec<String> = meta.images.keys().cloned().collect();
     for key in keys {

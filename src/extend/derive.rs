@@ -544,11 +544,9 @@ pub fn pipe_to_file(
         .with_context(|| format!("writing {out}"))
         .map_err(|e| explain_full(e, out))?;
     let (sum, len, bw) = w.finish();
-    let f = bw
-        .into_inner()
+    bw.into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {out}"))?;
-    f.sync_all().with_context(|| format!("syncing {out}"))?;
     Ok((sum, len))
 }
 

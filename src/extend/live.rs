@@ -278,9 +278,6 @@ pub fn make(i: &LiveInputs<'_>, out: &LiveOutputs<'_>, scratch: &Utf8Path) -> Re
             .and_then(|()| std::io::Write::flush(&mut w).map_err(Into::into))
             .with_context(|| format!("writing {}", out.rootfs))
             .map_err(|e| super::derive::explain_full(e, out.rootfs))?;
-        drop(w);
-        f.sync_all()
-            .with_context(|| format!("syncing {}", out.rootfs))?;
     }
     std::fs::remove_file(&squash).with_context(|| format!("removing {squash}"))?;
     for (src, dst) in [(&kernel, out.kernel), (&initramfs, out.initramfs)] {

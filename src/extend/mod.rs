@@ -167,12 +167,7 @@ impl Ctx<'_> {
         compress::set_mode_0644(&p)?;
         let (sha256, size) = match sum {
             Some(s) => s,
-            None => {
-                tmp.as_file()
-                    .sync_all()
-                    .with_context(|| format!("syncing {p}"))?;
-                derive::sha256_sparse(&p)?
-            }
+            None => derive::sha256_sparse(&p)?,
         };
         Ok(Pending {
             key: key.to_string(),
@@ -498,7 +493,7 @@ pub fn extend(wd: &Workdir, req: &Request) -> Result<Made> {
         return Ok(out);
     }
 
-    crate::fsutil::remove_stale_tmp(&arch_dir)?;
+    crate::scratch::remove_stale_tmp(&arch_dir)?;
     let t0 = Instant::now();
     let scratch = Scratch::new(
         &wd.tmp_dir(),

@@ -211,11 +211,9 @@ pub fn write_ova(
     .with_context(|| format!("writing {out}"))
     .map_err(|e| super::derive::explain_full(e, out))?;
     let (sum, len, bw) = w.finish();
-    let f = bw
-        .into_inner()
+    bw.into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {out}"))?;
-    f.sync_all().with_context(|| format!("syncing {out}"))?;
     Ok((sum, len))
 }
 

@@ -481,9 +481,6 @@ pub fn build(wd: &Workdir, req: &Request) -> Result<Made> {
             std::fs::remove_file(&raw).with_context(|| format!("removing {raw}"))?;
         }
         set_mode_0644(&tmp_path)?;
-        std::fs::File::open(&tmp_path)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {tmp_path}"))?;
         let (sha256, size) = commit::sha256_file(&tmp_path)?;
         let artifact = Artifact {
             path: name.clone(),

@@ -101,40 +101,14 @@ impl AsRoot {
             _ => {}
         }
         match self {
-            AsRoot::Direct => {
-                // `ostree admin deploy` makes each deployment directory immutable
-                // (chattr +i), which even root must undo before removing it.
-                clear_immutable_dirs(path, 6);
-                std::fs::remove_dir_all(path).with_context(|| format!("removing {path}"))
-            }
+            // `ostree admin deploy` makes each deployment directory immutable
+            // (chattr +i), which even root must undo before removing it.
+            AsRoot::Direct => crate::scratch::remove_tree(path.as_std_path())
+                .with_context(|| format!("removing {path}")),
             AsRoot::UserNs => self
                 .command(&["rm", "-rf", "--", path.as_str()])?
                 .run()
                 .with_context(|| format!("removing {path}")),
-        }
-    }
-}
-
-/// Clear the immutable flag of directories under `dir`, `depth` levels deep (best effort).
-fn clear_immutable_dirs(dir: &Utf8Path, depth: u32) {
-    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
-    if let Ok(f) = std::fs::File::open(dir)
-        && let Ok(flags) = ioctl_getflags(&f)
-        && flags.contains(IFlags::IMMUTABLE)
-    {
-        let _ = ioctl_setflags(&f, flags - IFlags::IMMUTABLE);
-    }
-    if depth == 0 {
-        return;
-    }
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for ent in rd.flatten() {
-        if ent.file_type().is_ok_and(|t| t.is_dir())
-            && let Ok(p) = Utf8PathBuf::from_path_buf(ent.path())
-        {
-            clear_immutable_dirs(&p, depth - 1);
         }
     }
 }
@@ -146,28 +120,37 @@ pub struct Scratch {
     pub path: Utf8PathBuf,
     asroot: AsRoot,
     keep: bool,
+    /// Holds the directory's live mark (see [`crate::scratch`]) while it is in use.
+    _live: Option<std::fs::File>,
 }
 
 impl Scratch {
+    /// A new scratch directory in `parent`, after removing those of dead runs there.
     pub fn new(parent: &Utf8Path, name: &str, asroot: AsRoot, keep_var: &str) -> Result<Self> {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {parent}"))?;
-        let td = tempfile::Builder::new()
-            .prefix(&format!("{}{name}.", crate::fsutil::TMP_PREFIX))
-            .tempdir_in(parent)
-            .with_context(|| format!("creating a scratch directory in {parent}"))?;
-        let path = Utf8PathBuf::from_path_buf(td.keep())
-            .map_err(|p| anyhow::anyhow!("non-UTF-8 path {}", p.display()))?;
+        if let Err(e) = crate::scratch::remove_stale_scratch(parent) {
+            tracing::warn!("{e:#}");
+        }
+        let (path, live) = crate::scratch::create_live(parent, name)?;
         Ok(Scratch {
             path,
             asroot,
             keep: std::env::var_os(keep_var).is_some(),
+            _live: Some(live),
         })
+    }
+
+    /// Kept for inspection: no longer marked live, so only a step that owns the
+    /// work directory's tmp/ (cosa-compose) removes it, not the next scratch.
+    fn unmark(&mut self) {
+        let _ = std::fs::remove_file(self.path.join(crate::scratch::LIVE_MARK));
+        self._live = None;
     }
 
     /// Remove it now, reporting a failure.
     pub fn close(mut self) -> Result<()> {
         if self.keep {
             tracing::info!("keeping {}", self.path);
+            self.unmark();
             return Ok(());
         }
         self.keep = true;
@@ -177,9 +160,9 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if !self.keep
-            && let Err(e) = self.asroot.remove_tree(&self.path)
-        {
+        if self.keep {
+            self.unmark();
+        } else if let Err(e) = self.asroot.remove_tree(&self.path) {
             tracing::warn!("{e:#}");
         }
     }

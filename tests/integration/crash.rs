@@ -140,6 +140,9 @@ fn crash_workdir(what: &str, tpl: &Utf8Path, name: &str, args: &[&str], n: usize
         let builds =
             check_workdir(&root).with_context(|| format!("{} (after the rerun)", ctx()))?;
         ensure!(builds >= 1, "{}: no build after the rerun", ctx());
+        // The killed run's scratch is gone too (a rerun removes dead runs' scratch).
+        let left = leftovers(&root.join("tmp"))?;
+        ensure!(left.is_empty(), "{}: left in tmp/ after the rerun: {left:?}", ctx());
     }
     let _g = LOG.get_or_init(|| Mutex::new(())).lock();
     eprintln!(
@@ -148,6 +151,18 @@ fn crash_workdir(what: &str, tpl: &Utf8Path, name: &str, args: &[&str], n: usize
         full.as_millis()
     );
     Ok(())
+}
+
+/// Temporary entries (`.cosa-tmp.*`) in a directory.
+fn leftovers(dir: &Utf8Path) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {dir}"))? {
+        let n = e?.file_name().to_string_lossy().into_owned();
+        if n.starts_with(".cosa-tmp.") || n.starts_with(".cosa-new.") {
+            v.push(n);
+        }
+    }
+    Ok(v)
 }
 
 #[test]
