@@ -189,10 +189,22 @@ mod tests {
 
         remove_stale_scratch(dir)?;
         let left = entries(dir);
-        assert!(!left.contains(&dead.file_name().unwrap().to_string()), "{left:?}");
-        assert!(left.contains(&live.file_name().unwrap().to_string()), "{left:?}");
-        assert!(left.contains(&".cosa-tmp.meta.json".to_string()), "{left:?}");
-        assert!(left.contains(&".cosa-tmp.compose.abc".to_string()), "{left:?}");
+        assert!(
+            !left.contains(&dead.file_name().unwrap().to_string()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&live.file_name().unwrap().to_string()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&".cosa-tmp.meta.json".to_string()),
+            "{left:?}"
+        );
+        assert!(
+            left.contains(&".cosa-tmp.compose.abc".to_string()),
+            "{left:?}"
+        );
 
         remove_stale_tmp(dir)?;
         assert_eq!(

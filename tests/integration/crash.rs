@@ -142,7 +142,11 @@ fn crash_workdir(what: &str, tpl: &Utf8Path, name: &str, args: &[&str], n: usize
         ensure!(builds >= 1, "{}: no build after the rerun", ctx());
         // The killed run's scratch is gone too (a rerun removes dead runs' scratch).
         let left = leftovers(&root.join("tmp"))?;
-        ensure!(left.is_empty(), "{}: left in tmp/ after the rerun: {left:?}", ctx());
+        ensure!(
+            left.is_empty(),
+            "{}: left in tmp/ after the rerun: {left:?}",
+            ctx()
+        );
     }
     let _g = LOG.get_or_init(|| Mutex::new(())).lock();
     eprintln!(

@@ -37,7 +37,15 @@ fn read_store_builds(dir: &Utf8Path) -> Result<BuildsJson> {
 fn fsynced_partials(t: &TestWorkdir, url: &str, extra: &[&str]) -> Result<usize> {
     let log = t.root().join("strace.log");
     let mut c = Command::new("strace");
-    c.args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o", log.as_str()]);
+    c.args([
+        "-f",
+        "-qq",
+        "-y",
+        "-e",
+        "trace=fsync,fdatasync",
+        "-o",
+        log.as_str(),
+    ]);
     let exe = bin("cosa-fetch");
     c.arg(exe.get_program())
         .envs(exe.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
