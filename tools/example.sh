@@ -14,7 +14,9 @@ case "$wd" in /*) ;; *) wd=$top/$wd ;; esac
 bash tools/setup.sh
 echo "==> building cosa (release)"
 cargo build --release --locked --quiet
-bin=$top/target/release
+# Where cargo put them (CARGO_TARGET_DIR or .cargo/config may move target/).
+bin=$(cargo metadata --locked --no-deps --format-version 1 |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release
 
 echo "==> building the example OS repository"
 examples/build-repo.sh "$wd.repo"
@@ -32,7 +34,9 @@ if [ -x "$bin/cosa-image" ]; then
   echo "==> cosa-image (qemu)"
   "$bin/cosa-image" --workdir "$wd" --platform qemu
   echo "==> booting the qemu image (TCG): look for the COSA-EXAMPLE-OS-BOOTED line"
-  timeout 300 "$bin/cosa-image" --workdir "$wd" run
+  # TCG, as on a hosted CI runner: a /dev/kvm that boots a probe can still fail a
+  # real kernel under nested virtualisation ("KVM internal error").
+  timeout 600 "$bin/cosa-image" --workdir "$wd" run --accel tcg
 fi
 echo "==> cosa-extend (aws vmdk, gcp tar.gz, derived from the same disk)"
 "$bin/cosa-extend" --workdir "$wd" --platform aws,gcp
