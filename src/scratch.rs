@@ -22,7 +22,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 
-pub use crate::fsutil::TMP_PREFIX;
+use crate::fsutil::TMP_PREFIX;
 
 /// The marker file of a live scratch directory.
 pub const LIVE_MARK: &str = ".cosa-live";

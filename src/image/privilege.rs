@@ -120,8 +120,9 @@ pub struct Scratch {
     pub path: Utf8PathBuf,
     asroot: AsRoot,
     keep: bool,
-    /// Holds the directory's live mark (see [`crate::scratch`]) while it is in use.
-    _live: Option<std::fs::File>,
+    /// Holds the directory's live mark (see [`crate::scratch`]) until it is removed
+    /// or kept: `None` once done.
+    live: Option<std::fs::File>,
 }
 
 impl Scratch {
@@ -135,34 +136,33 @@ impl Scratch {
             path,
             asroot,
             keep: std::env::var_os(keep_var).is_some(),
-            _live: Some(live),
+            live: Some(live),
         })
-    }
-
-    /// Kept for inspection: no longer marked live, so only a step that owns the
-    /// work directory's tmp/ (cosa-compose) removes it, not the next scratch.
-    fn unmark(&mut self) {
-        let _ = std::fs::remove_file(self.path.join(crate::scratch::LIVE_MARK));
-        self._live = None;
     }
 
     /// Remove it now, reporting a failure.
     pub fn close(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    /// Remove it, or keep it (no longer marked live, so only a step that owns the
+    /// work directory's tmp/, cosa-compose, removes it, not the next scratch). Once.
+    fn finish(&mut self) -> Result<()> {
+        let Some(_live) = self.live.take() else {
+            return Ok(());
+        };
         if self.keep {
             tracing::info!("keeping {}", self.path);
-            self.unmark();
+            let _ = std::fs::remove_file(self.path.join(crate::scratch::LIVE_MARK));
             return Ok(());
         }
-        self.keep = true;
         self.asroot.remove_tree(&self.path)
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.keep {
-            self.unmark();
-        } else if let Err(e) = self.asroot.remove_tree(&self.path) {
+        if let Err(e) = self.finish() {
             tracing::warn!("{e:#}");
         }
     }

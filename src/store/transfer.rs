@@ -81,15 +81,16 @@ impl Sink {
     /// file dirty until that fsync).
     async fn push(mut self, segments: Vec<Bytes>) -> Result<Self> {
         tokio::task::spawn_blocking(move || -> Result<Self> {
-            let start = self.written;
+            let mut len = 0;
             for b in &segments {
                 self.hasher.update(b);
+                len += b.len() as u64;
             }
             write_segments(&mut self.file, &segments)?;
-            self.written += segments.iter().map(|b| b.len() as u64).sum::<u64>();
             if self.sync {
-                start_writeback(&self.file, start, self.written - start);
+                start_writeback(&self.file, self.written, len);
             }
+            self.written += len;
             Ok(self)
         })
         .await

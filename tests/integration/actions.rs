@@ -255,6 +255,43 @@ pub fn store_builds(
     Ok(out)
 }
 
+/// What both pipeline tests (act, gitlab-ci-local) start from: moto on loopback, the
+/// example repository served from `served`, and a work directory `cfg` whose
+/// `src/config` the pipelines build.
+pub struct PipelineSetup {
+    pub s3: S3Server,
+    pub t: TestWorkdir,
+    pub served: Utf8PathBuf,
+    pub cfg: Utf8PathBuf,
+}
+
+/// `None` when moto is not installed (and not required).
+pub fn pipeline_setup() -> Result<Option<PipelineSetup>> {
+    let Some(s3) = S3Server::start(Kind::Moto)? else {
+        return Ok(None);
+    };
+    let t = TestWorkdir::new()?;
+    let served = t.root().join("served");
+    example::publish(&example::repo(&[])?, &served)?;
+    let cfg = t.root().join("cfg");
+    example::init_workdir(&cfg, &format!("file://{served}"))?;
+    Ok(Some(PipelineSetup { s3, t, served, cfg }))
+}
+
+/// The builds of a pipeline's store (see [`store_builds`]): exactly `n`, newest
+/// first, each with the images every pipeline run makes; their IDs.
+pub fn pipeline_builds(
+    objects: &BTreeMap<String, Vec<u8>>,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<String>> {
+    let want: Vec<String> = ["aws", "gcp", "ostree", "qemu"].map(String::from).to_vec();
+    let builds = store_builds(objects, prefix)?;
+    assert_eq!(builds.len(), n, "{builds:?}");
+    assert!(builds.iter().all(|b| b.1 == want), "{builds:?}");
+    Ok(builds.into_iter().map(|b| b.0).collect())
+}
+
 /// What `cosa-rs/cosa@<ref>` holds for the pipeline (actions, workflows, tools),
 /// copied into `dir` for act's --local-repository: act would copy all of the
 /// checkout, build outputs included, for every action it runs.
@@ -308,14 +345,9 @@ fn act_pipeline(
 /// handed between them through a loopback S3 store (moto).
 #[test]
 fn pipeline_through_s3() -> Result<()> {
-    let Some(s3) = S3Server::start(Kind::Moto)? else {
+    let Some(PipelineSetup { s3, t, served, cfg }) = pipeline_setup()? else {
         return Ok(());
     };
-    let t = TestWorkdir::new()?;
-    let served = t.root().join("served");
-    example::publish(&example::repo(&[])?, &served)?;
-    let cfg = t.root().join("cfg");
-    example::init_workdir(&cfg, &format!("file://{served}"))?;
     let config = cfg.join("src/config");
     let prefix = "example/stable";
     let store = s3.url(prefix);
@@ -323,7 +355,6 @@ fn pipeline_through_s3() -> Result<()> {
     action_repo(&repo)?;
     let report = t.root().join("report");
     let outputs = || std::fs::read_to_string(&report).unwrap_or_default();
-    let want: Vec<String> = ["aws", "gcp", "ostree", "qemu"].map(String::from).to_vec();
 
     // Run 1: a new build; images and platform images made in parallel jobs, all in
     // its meta.json, and the build in builds.json.
@@ -331,10 +362,7 @@ fn pipeline_through_s3() -> Result<()> {
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(outputs().starts_with("changed=true "), "{}", r.out);
     let objects = store_objects(&s3)?;
-    let builds = store_builds(&objects, prefix)?;
-    assert_eq!(builds.len(), 1, "{builds:?}");
-    assert_eq!(builds[0].1, want);
-    let id = builds[0].0.clone();
+    let id = pipeline_builds(&objects, prefix, 1)?.remove(0);
     assert_eq!(
         outputs().trim(),
         format!("changed=true build={id}"),
@@ -373,10 +401,8 @@ fn pipeline_through_s3() -> Result<()> {
     let r = act_pipeline(&s3, &store, &config, &repo, &report)?;
     assert_eq!(r.code, 0, "{}", r.out);
     assert!(outputs().starts_with("changed=true "), "{}", r.out);
-    let builds = store_builds(&store_objects(&s3)?, prefix)?;
-    assert_eq!(builds.len(), 2, "{builds:?}");
-    assert_ne!(builds[0].0, id);
-    assert_eq!(builds[1].0, id);
-    assert!(builds.iter().all(|b| b.1 == want), "{builds:?}");
+    let ids = pipeline_builds(&store_objects(&s3)?, prefix, 2)?;
+    assert_ne!(ids[0], id);
+    assert_eq!(ids[1], id);
     Ok(())
 }
