@@ -65,6 +65,11 @@ pub struct Args {
     /// must survive a power cut; by default files are verified by sha256 on use).
     #[arg(long)]
     pub sync: bool,
+    /// Write artifacts through the page cache instead of straight to the disk (direct
+    /// I/O, the default where the file system takes it): better when the disk is much
+    /// slower than the network and the next step reads the files at once.
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 impl Command for Args {
@@ -266,6 +271,7 @@ pub async fn fetch(wd: &Workdir, args: &Args) -> Result<()> {
         jobs: store.options.jobs,
         part_size: store.options.part_size,
         sync: args.sync,
+        direct: !args.buffered,
     };
     let started = std::time::Instant::now();
     let results: Vec<(Fetch, &Download)> = futures::stream::iter(&downloads)

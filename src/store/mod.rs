@@ -20,6 +20,7 @@
 //! writer's entry: see [`index`].
 
 pub mod awsconfig;
+pub mod direct;
 pub mod file;
 pub mod ghrelease;
 pub mod http;
@@ -533,18 +534,18 @@ impl Client {
     /// Upload a local file (multipart with parallel parts when it is big). When
     /// `meta` records a sha256, the file is hashed again while it is sent and the
     /// object only becomes visible (PUT sent, multipart upload completed) once the
-    /// file proved to match it.
+    /// file proved to match it (S3: the very bytes sent are hashed).
     pub async fn put_file(&self, key: &str, path: &Utf8Path, meta: &PutMeta) -> Result<()> {
         self.check_writable()?;
-        let check = meta.sha256.as_deref().map(|s| LocalCheck::start(path, s));
+        let check = || meta.sha256.as_deref().map(|s| LocalCheck::start(path, s));
         match self {
             Self::File(f) => {
-                LocalCheck::wait_opt(check).await?;
+                LocalCheck::wait_opt(check()).await?;
                 f.put_file(key, path, meta).await
             }
-            Self::S3(s) => s.put_file(key, path, meta, check).await,
+            Self::S3(s) => s.put_file(key, path, meta).await,
             Self::Gh(g) => {
-                LocalCheck::wait_opt(check).await?;
+                LocalCheck::wait_opt(check()).await?;
                 g.put_file(key, path, meta).await
             }
             Self::Http(_) => unreachable_read_only(),
@@ -617,14 +618,7 @@ impl LocalCheck {
             .await
             .context("hashing task failed")?
             .with_context(|| format!("hashing {}", self.path))?;
-        if got != self.sha256 {
-            bail!(
-                "{}: sha256 is {got} but meta.json records {}: the file changed since it was built; not uploaded",
-                self.path,
-                self.sha256
-            );
-        }
-        Ok(())
+        check_sent(&self.path, &got, Some(&self.sha256))
     }
 
     pub async fn wait_opt(check: Option<Self>) -> Result<()> {
@@ -632,6 +626,16 @@ impl LocalCheck {
             Some(c) => c.wait().await,
             None => Ok(()),
         }
+    }
+}
+
+/// The sha256 of a file as it was read for sending, against the one meta.json records.
+pub fn check_sent(path: &Utf8Path, got: &str, recorded: Option<&str>) -> Result<()> {
+    match recorded {
+        Some(want) if want != got => bail!(
+            "{path}: sha256 is {got} but meta.json records {want}: the file changed since it was built; not uploaded"
+        ),
+        _ => Ok(()),
     }
 }
 

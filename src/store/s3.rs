@@ -16,8 +16,11 @@
 //! - Retries: the SDK's standard mode (bounded, exponential backoff) for every
 //!   request; a body that breaks off mid-download is retried by
 //!   [`super::retry`]. Failures are errors.
-//! - Big files go as multipart uploads with parts uploaded in parallel, and are
-//!   fetched as parallel ranged GETs.
+//! - Big files go as multipart uploads: one thread reads the file in order, hashing
+//!   it (the bytes sent are the bytes checked against meta.json), and the parts go
+//!   from memory, several in flight, with payload signing off (the SDK would hash
+//!   every in-memory part again for the signature; integrity is the sha256's).
+//!   They are fetched as parallel ranged GETs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +28,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectCannedAcl,
     ObjectIdentifier,
@@ -36,16 +39,11 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::retry::{retry, transient};
 use super::{
-    ChecksumMode, Fetched, Listed, LocalCheck, ObjectInfo, Precondition, PutMeta, PutResult,
-    StoreOptions,
+    ChecksumMode, Fetched, Listed, ObjectInfo, Precondition, PutMeta, PutResult, StoreOptions,
 };
 
 /// Files up to this size go in one PUT; bigger ones as multipart uploads.
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
-
-/// Bytes per read of a file being sent: each read is a blocking-pool task, and the
-/// SDK's default (64 KiB) costs a task switch per 64 KiB (32 768 per 2 GiB).
-const READ_BUFFER: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct S3Store {
@@ -282,25 +280,22 @@ impl S3Store {
         }
     }
 
-    pub async fn put_file(
-        &self,
-        key: &str,
-        path: &Utf8Path,
-        meta: &PutMeta,
-        check: Option<LocalCheck>,
-    ) -> Result<()> {
+    /// Send a file: one PUT, or a multipart upload whose parts are read in order
+    /// (hashed on the way, so that the bytes sent are the bytes checked against
+    /// meta.json) and sent in parallel.
+    pub async fn put_file(&self, key: &str, path: &Utf8Path, meta: &PutMeta) -> Result<()> {
         let what = self.describe(key);
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading {path}"))?
             .len();
         if size <= MULTIPART_THRESHOLD.max(self.part_size) {
-            LocalCheck::wait_opt(check).await?;
-            let body = ByteStream::read_from()
-                .path(path)
-                .buffer_size(READ_BUFFER)
-                .build()
+            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+            let p = path.to_owned();
+            let sha = tokio::task::spawn_blocking(move || read_parts(&p, size, size.max(1), &tx))
                 .await
-                .with_context(|| format!("reading {path}"))?;
+                .context("reading task failed")??;
+            super::check_sent(path, &sha, meta.sha256.as_deref())?;
+            let body = rx.recv().await.map(|(_, b)| b).unwrap_or_default();
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -310,12 +305,14 @@ impl S3Store {
                 .set_metadata(user_metadata(meta))
                 .set_acl(meta.acl.as_deref().map(ObjectCannedAcl::from))
                 .content_length(size as i64)
-                .body(body)
+                .body(ByteStream::from(body))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| sdk_err(e, &what))?;
         } else {
-            self.multipart(key, path, size, meta, check).await?;
+            self.multipart(key, path, size, meta).await?;
         }
         // The object must now be what we sent.
         match self.head(key).await? {
@@ -325,14 +322,7 @@ impl S3Store {
         }
     }
 
-    async fn multipart(
-        &self,
-        key: &str,
-        path: &Utf8Path,
-        size: u64,
-        meta: &PutMeta,
-        check: Option<LocalCheck>,
-    ) -> Result<()> {
+    async fn multipart(&self, key: &str, path: &Utf8Path, size: u64, meta: &PutMeta) -> Result<()> {
         let what = self.describe(key);
         self.abort_stale(key).await;
         // At most 10 000 parts (S3's limit).
@@ -356,58 +346,63 @@ impl S3Store {
             .with_context(|| format!("{what}: the server returned no upload ID"))?
             .to_string();
         tracing::debug!("{what}: multipart upload of {size} bytes in {nparts} parts");
-        let parts = futures::stream::iter(0..nparts)
-            .map(|i| {
-                let (upload_id, what) = (upload_id.clone(), what.clone());
-                async move {
-                    let off = i * part_size;
-                    let len = part_size.min(size - off);
-                    let body = ByteStream::read_from()
-                        .path(path)
-                        .buffer_size(READ_BUFFER)
-                        .offset(off)
-                        .length(Length::Exact(len))
-                        .build()
-                        .await
-                        .with_context(|| format!("reading {path}"))?;
-                    let number = i32::try_from(i + 1).context("too many parts")?;
-                    let r = self
-                        .client
-                        .upload_part()
-                        .bucket(&self.bucket)
-                        .key(self.full(key))
-                        .upload_id(&upload_id)
+        // One reader, at most one part ahead of the uploads in flight: memory is
+        // bounded by (jobs + 2) parts per file.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let p = path.to_owned();
+        let reader = tokio::task::spawn_blocking(move || read_parts(&p, size, part_size, &tx));
+        let parts = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|part| (part, rx))
+        })
+        .map(|(number, body): (i32, Bytes)| {
+            let (upload_id, what) = (upload_id.clone(), what.clone());
+            async move {
+                let len = body.len();
+                let r = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(self.full(key))
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .content_length(len as i64)
+                    .body(ByteStream::from(body))
+                    .customize()
+                    .disable_payload_signing()
+                    .send()
+                    .await
+                    .map_err(|e| sdk_err(e, &format!("{what} (part {number}/{nparts})")))?;
+                anyhow::Ok(
+                    CompletedPart::builder()
                         .part_number(number)
-                        .content_length(len as i64)
-                        .body(body)
-                        .send()
-                        .await
-                        .map_err(|e| sdk_err(e, &format!("{what} (part {number}/{nparts})")))?;
-                    anyhow::Ok(
-                        CompletedPart::builder()
-                            .part_number(number)
-                            .set_e_tag(r.e_tag().map(str::to_string))
-                            .set_checksum_crc32(r.checksum_crc32().map(str::to_string))
-                            .build(),
-                    )
-                }
-            })
-            .buffer_unordered(self.jobs)
-            .try_collect::<Vec<_>>()
-            .await;
-        let mut parts = match parts {
-            Ok(p) => p,
+                        .set_e_tag(r.e_tag().map(str::to_string))
+                        .set_checksum_crc32(r.checksum_crc32().map(str::to_string))
+                        .build(),
+                )
+            }
+        })
+        .buffer_unordered(self.jobs)
+        .try_collect::<Vec<_>>()
+        .await;
+        // The reader ends when the parts did (a failed upload drops the receiver).
+        let read = reader.await.context("reading task failed").and_then(|r| r);
+        // The parts are only assembled into the object once the bytes sent proved to
+        // be what meta.json says.
+        let checked = match (parts, read) {
+            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Ok(p), Ok(sha)) => super::check_sent(path, &sha, meta.sha256.as_deref()).map(|()| p),
+        };
+        let mut parts = match checked {
+            Ok(p) if p.len() as u64 == nparts => p,
+            Ok(p) => {
+                self.abort(key, &upload_id).await;
+                anyhow::bail!("{what}: {} of {nparts} parts were sent", p.len());
+            }
             Err(e) => {
                 self.abort(key, &upload_id).await;
                 return Err(e);
             }
         };
-        // The parts are only assembled into the object once the file proved to be
-        // what meta.json says.
-        if let Err(e) = LocalCheck::wait_opt(check).await {
-            self.abort(key, &upload_id).await;
-            return Err(e);
-        }
         parts.sort_by_key(|p| p.part_number());
         if let Err(e) = self
             .client
@@ -579,6 +574,44 @@ impl S3Store {
             .await
             .copied()
     }
+}
+
+/// Read `size` bytes of `path` in order, `part_size` at a time, hashing them, and
+/// hand each part (numbered from 1) to `tx`; returns the sha256 of all of them. One
+/// read per part into a buffer that is not zeroed first, and the bytes are sent from
+/// that buffer: the file is read once, by this thread.
+fn read_parts(
+    path: &Utf8Path,
+    size: u64,
+    part_size: u64,
+    tx: &tokio::sync::mpsc::Sender<(i32, Bytes)>,
+) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+    let mut hasher = sha2::Sha256::new();
+    let (mut off, mut number) = (0u64, 1i32);
+    while off < size || number == 1 {
+        let len = part_size.min(size - off);
+        let mut buf = Vec::with_capacity(len as usize);
+        (&mut file)
+            .take(len)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("reading {path}"))?;
+        if buf.len() as u64 != len {
+            anyhow::bail!(
+                "{path}: shorter than the {size} bytes it had when the upload started: it changed while being sent; not uploaded"
+            );
+        }
+        hasher.update(&buf);
+        if tx.blocking_send((number, Bytes::from(buf))).is_err() {
+            // The uploads stopped (one failed): their error is the one to report.
+            anyhow::bail!("{path}: the upload stopped");
+        }
+        off += len;
+        number += 1;
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn user_metadata(meta: &PutMeta) -> Option<HashMap<String, String>> {

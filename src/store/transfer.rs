@@ -6,20 +6,21 @@
 //! stopped (its bytes so far are hashed again first), and a final file that already
 //! matches is not fetched again.
 //!
+//! Bytes are written with direct I/O where the file system takes it
+//! ([`super::direct`]; [`Transfer::direct`]), else through the page cache.
 //! Durability is a choice ([`Transfer::sync`]): by default a file is renamed into
 //! place without an fsync, as `aws s3 cp` and coreos-assembler's buildfetch leave
-//! theirs, and the data stays in the page cache for the job's next step. The rename
-//! is atomic against a killed process; after a power cut a file may be short, and
-//! every reader checks it against meta.json's sha256 before use (a rerun of
-//! cosa-fetch hashes a present file before it skips it). With `sync`, each chunk's
-//! writeback starts as it is written and the file and its directory are fsynced
-//! before and after the rename.
+//! theirs. The rename is atomic against a killed process; after a power cut a file
+//! may be short, and every reader checks it against meta.json's sha256 before use (a
+//! rerun of cosa-fetch hashes a present file before it skips it). With `sync`, the
+//! file and its directory are fsynced before and after the rename (through the page
+//! cache, each chunk's writeback starts as it is written).
 //!
 //! Ranged stores (S3, file) are read as parallel ranged GETs of `part_size` bytes,
 //! consumed in order, so hashing stays sequential; http(s) is one stream that is
 //! reopened at the current offset after a transient failure.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::pin::Pin;
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,7 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::Client;
+use super::direct::{ALIGN, Writer};
 use super::retry::{self, ATTEMPTS, is_transient, retry};
 use crate::fsutil::{TMP_PREFIX, fsync_dir};
 
@@ -65,20 +67,22 @@ pub struct Transfer {
     pub part_size: u64,
     /// fsync each file (and its directory) when it takes its final name.
     pub sync: bool,
+    /// Write with direct I/O where the file system takes it ([`super::direct`]).
+    pub direct: bool,
 }
 
 struct Sink {
-    file: std::fs::File,
+    writer: Writer,
     hasher: Sha256,
     written: u64,
     sync: bool,
 }
 
 impl Sink {
-    /// Write and hash a chunk (in segments) off the async threads. With `sync`, start
-    /// writing it back to the disk now, so that the final fsync has little left to
-    /// wait for (with a large page cache, the kernel would otherwise hold the whole
-    /// file dirty until that fsync).
+    /// Write and hash a chunk (in segments) off the async threads. Through the page
+    /// cache with `sync`, start writing it back to the disk now, so that the final
+    /// fsync has little left to wait for (with a large page cache, the kernel would
+    /// otherwise hold the whole file dirty until that fsync).
     async fn push(mut self, segments: Vec<Bytes>) -> Result<Self> {
         tokio::task::spawn_blocking(move || -> Result<Self> {
             let mut len = 0;
@@ -86,9 +90,9 @@ impl Sink {
                 self.hasher.update(b);
                 len += b.len() as u64;
             }
-            write_segments(&mut self.file, &segments)?;
-            if self.sync {
-                start_writeback(&self.file, self.written, len);
+            self.writer.write(&segments)?;
+            if self.sync && !self.writer.is_direct() {
+                start_writeback(self.writer.file(), self.written, len);
             }
             self.written += len;
             Ok(self)
@@ -108,7 +112,7 @@ impl Sink {
         what: &str,
     ) -> Result<()> {
         let Sink {
-            file,
+            writer,
             hasher,
             written,
             sync,
@@ -118,13 +122,14 @@ impl Sink {
         }
         let got = hex::encode(hasher.finalize());
         if got != exp.sha256 {
-            drop(file);
+            drop(writer);
             let _ = std::fs::remove_file(part);
             bail!(
                 "{what}: sha256 mismatch: expected {}, got {got} (not written to {dest})",
                 exp.sha256
             );
         }
+        let file = writer.finish().with_context(|| format!("writing {part}"))?;
         if sync {
             file.sync_all().with_context(|| format!("syncing {part}"))?;
         }
@@ -135,27 +140,6 @@ impl Sink {
         }
         Ok(())
     }
-}
-
-/// Write a chunk's segments with as few system calls as possible: a server may send
-/// its body in small frames (s3s-fs: 4 KiB), one `write` each would be 256 calls per
-/// MiB; `writev` takes up to 1024 of them at once.
-fn write_segments(file: &mut std::fs::File, segments: &[Bytes]) -> std::io::Result<()> {
-    use std::io::IoSlice;
-    let mut iov: Vec<IoSlice<'_>> = segments
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| IoSlice::new(b))
-        .collect();
-    let mut rest = &mut iov[..];
-    while !rest.is_empty() {
-        let n = file.write_vectored(&rest[..rest.len().min(1024)])?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
-    }
-    Ok(())
 }
 
 /// Ask the kernel to start writing `len` bytes at `offset` back to the disk without
@@ -203,7 +187,7 @@ pub async fn download_verified(
         }
     };
     let part = partial_path(dest);
-    let sink = resume(&part, size, how.sync).await?;
+    let sink = resume(&part, size, how).await?;
     let start = sink.written;
     if start > 0 {
         tracing::info!("{what}: resuming at byte {start} of {size}");
@@ -231,8 +215,9 @@ pub async fn download_verified(
 }
 
 /// Open the partial file, hashing what it already holds (a partial file longer than
-/// the object is started over).
-async fn resume(part: &Utf8Path, size: u64, sync: bool) -> Result<Sink> {
+/// the object is started over; with direct I/O, one is cut back to a block boundary,
+/// where direct writes can continue).
+async fn resume(part: &Utf8Path, size: u64, how: Transfer) -> Result<Sink> {
     let part = part.to_owned();
     tokio::task::spawn_blocking(move || -> Result<Sink> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -243,8 +228,9 @@ async fn resume(part: &Utf8Path, size: u64, sync: bool) -> Result<Sink> {
         }
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&part)
             .with_context(|| format!("opening {part}"))?;
@@ -252,13 +238,21 @@ async fn resume(part: &Utf8Path, size: u64, sync: bool) -> Result<Sink> {
             .metadata()
             .with_context(|| format!("reading {part}"))?
             .len();
+        let keep = match len {
+            l if l > size => 0,
+            l if how.direct => l - l % ALIGN,
+            l => l,
+        };
+        if keep != len {
+            file.set_len(keep)
+                .with_context(|| format!("truncating {part}"))?;
+        }
         let mut hasher = Sha256::new();
         let mut written = 0;
-        if len > size {
-            file.set_len(0)
-                .with_context(|| format!("truncating {part}"))?;
-        } else if len > 0 {
-            let mut r = std::fs::File::open(&part).with_context(|| format!("opening {part}"))?;
+        if keep > 0 {
+            let mut r = std::fs::File::open(&part)
+                .with_context(|| format!("opening {part}"))?
+                .take(keep);
             let mut buf = vec![0u8; 1 << 20];
             loop {
                 let n = r
@@ -271,11 +265,13 @@ async fn resume(part: &Utf8Path, size: u64, sync: bool) -> Result<Sink> {
                 written += n as u64;
             }
         }
+        let writer =
+            Writer::new(file, written, how.direct).with_context(|| format!("opening {part}"))?;
         Ok(Sink {
-            file,
+            writer,
             hasher,
             written,
-            sync,
+            sync: how.sync,
         })
     })
     .await
@@ -373,31 +369,5 @@ async fn fetch_streamed(client: &Client, key: &str, mut sink: Sink, size: u64) -
             continue 'open;
         }
         return Ok(sink);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// More segments than one `writev` takes, empty ones among them, all written in
-    /// order.
-    #[test]
-    fn segments_are_written_in_order() -> Result<()> {
-        let td = tempfile::tempdir()?;
-        let p = td.path().join("f");
-        let mut f = std::fs::File::create(&p)?;
-        let mut want = Vec::new();
-        let segments: Vec<Bytes> = (0..3000u32)
-            .map(|i| {
-                let b: Vec<u8> = (0..(i % 7) * 100).map(|j| (i + j) as u8).collect();
-                want.extend_from_slice(&b);
-                Bytes::from(b)
-            })
-            .collect();
-        write_segments(&mut f, &segments)?;
-        drop(f);
-        assert_eq!(std::fs::read(&p)?, want);
-        Ok(())
     }
 }

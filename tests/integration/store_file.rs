@@ -33,19 +33,14 @@ fn read_store_builds(dir: &Utf8Path) -> Result<BuildsJson> {
     BuildsJson::parse(&std::fs::read(dir.join("builds.json"))?, "builds.json")
 }
 
-/// The fetched files that were fsynced (under their partial name), from strace.
-fn fsynced_partials(t: &TestWorkdir, url: &str, extra: &[&str]) -> Result<usize> {
+/// The system calls `trace` (strace's `-e trace=` list) that cosa-fetch made on
+/// files under their partial name.
+fn partial_calls(t: &TestWorkdir, url: &str, extra: &[&str], trace: &str) -> Result<Vec<String>> {
     let log = t.root().join("strace.log");
     let mut c = Command::new("strace");
-    c.args([
-        "-f",
-        "-qq",
-        "-y",
-        "-e",
-        "trace=fsync,fdatasync",
-        "-o",
-        log.as_str(),
-    ]);
+    c.args(["-f", "-qq", "-y", "-e"])
+        .arg(format!("trace={trace}"))
+        .args(["-o", log.as_str()]);
     let exe = bin("cosa-fetch");
     c.arg(exe.get_program())
         .envs(exe.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
@@ -57,7 +52,11 @@ fn fsynced_partials(t: &TestWorkdir, url: &str, extra: &[&str]) -> Result<usize>
     }
     ok(run(&mut c)?);
     let text = std::fs::read_to_string(&log)?;
-    Ok(text.lines().filter(|l| l.contains(".partial>")).count())
+    Ok(text
+        .lines()
+        .filter(|l| l.contains(".partial>"))
+        .map(str::to_string)
+        .collect())
 }
 
 /// By default fetched artifacts are renamed into place without an fsync (as the
@@ -69,16 +68,101 @@ fn fetch_syncs_only_with_sync() -> Result<()> {
     let t = TestWorkdir::new()?;
     make_build(&t, "1.0", "x86_64", &[3 << 20, 10, 0])?;
     ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let fsyncs = "fsync,fdatasync";
     let t2 = TestWorkdir::new()?;
-    assert_eq!(fsynced_partials(&t2, &url, &[])?, 0);
+    assert_eq!(partial_calls(&t2, &url, &[], fsyncs)?.len(), 0);
     let t3 = TestWorkdir::new()?;
-    assert_eq!(fsynced_partials(&t3, &url, &["--sync"])?, 3);
+    assert_eq!(partial_calls(&t3, &url, &["--sync"], fsyncs)?.len(), 3);
     for w in [&t2, &t3] {
         assert_same_tree(
             &t.wd.build_arch_dir("1.0", "x86_64")?,
             &w.wd.build_arch_dir("1.0", "x86_64")?,
         )?;
     }
+    Ok(())
+}
+
+/// Artifacts are written with direct I/O by default (the test directories are on
+/// the machine's disk, which takes it), through the page cache with --buffered;
+/// both give the same files.
+#[test]
+fn fetch_writes_direct_unless_buffered() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let url = format!("file://{store}");
+    let t = TestWorkdir::new()?;
+    make_build(&t, "1.0", "x86_64", &[(9 << 20) + 4321, 5000, 0])?;
+    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let direct = |calls: &[String]| {
+        calls
+            .iter()
+            .filter(|l| l.contains("F_SETFL") && l.contains("O_DIRECT"))
+            .count()
+    };
+    let t2 = TestWorkdir::new()?;
+    let calls = partial_calls(&t2, &url, &[], "fcntl")?;
+    assert_eq!(direct(&calls), 3, "{calls:#?}");
+    let t3 = TestWorkdir::new()?;
+    let calls = partial_calls(&t3, &url, &["--buffered"], "fcntl")?;
+    assert_eq!(direct(&calls), 0, "{calls:#?}");
+    for w in [&t2, &t3] {
+        assert_same_tree(
+            &t.wd.build_arch_dir("1.0", "x86_64")?,
+            &w.wd.build_arch_dir("1.0", "x86_64")?,
+        )?;
+    }
+    Ok(())
+}
+
+/// A partial file left by a killed fetch is continued, not started over: from its
+/// last whole 4 KiB block with direct I/O, from its last byte with --buffered. A
+/// partial file whose bytes are wrong fails the sha256 check, is removed, and the
+/// next run fetches the file whole.
+#[test]
+fn fetch_continues_a_partial_file() -> Result<()> {
+    let (_td, store) = store_dir()?;
+    let url = format!("file://{store}");
+    let t = TestWorkdir::new()?;
+    let meta = make_build(&t, "1.0", "x86_64", &[(6 << 20) + 77])?;
+    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let name = &meta.images["a0"].path;
+    let data = std::fs::read(t.wd.build_arch_dir("1.0", "x86_64")?.join(name))?;
+    let have = (3 << 20) + 1234;
+    let fetch = |w: &TestWorkdir, extra: &[&str]| {
+        run(cosa("cosa-fetch", w)
+            .args(["--url", &url, "--artifact", "all", "--arch", "x86_64"])
+            .args(extra))
+    };
+    let place = |w: &TestWorkdir, bytes: &[u8]| -> Result<Utf8PathBuf> {
+        let dir = w.wd.build_arch_dir("1.0", "x86_64")?;
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!(".cosa-tmp.{name}.partial")), bytes)?;
+        Ok(dir)
+    };
+    for (extra, from) in [(&[][..], 3 << 20), (&["--buffered"][..], have)] {
+        let w = TestWorkdir::new()?;
+        place(&w, &data[..have])?;
+        let r = ok(fetch(&w, extra)?);
+        let said = format!("resuming at byte {from} of {}", data.len());
+        assert!(r.stderr.contains(&said), "{extra:?}: {}", r.stderr);
+        assert_same_tree(
+            &t.wd.build_arch_dir("1.0", "x86_64")?,
+            &w.wd.build_arch_dir("1.0", "x86_64")?,
+        )?;
+    }
+    let w = TestWorkdir::new()?;
+    let mut wrong = data[..have].to_vec();
+    wrong[100] ^= 1;
+    let dir = place(&w, &wrong)?;
+    let r = fetch(&w, &[])?;
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("sha256 mismatch"), "{}", r.stderr);
+    assert!(!dir.join(name).exists());
+    assert!(!dir.join(format!(".cosa-tmp.{name}.partial")).exists());
+    ok(fetch(&w, &[])?);
+    assert_same_tree(
+        &t.wd.build_arch_dir("1.0", "x86_64")?,
+        &w.wd.build_arch_dir("1.0", "x86_64")?,
+    )?;
     Ok(())
 }
 
