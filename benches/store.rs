@@ -6,7 +6,8 @@
 //! Run: `tools/test-servers.sh s3s-fs garage && cargo bench --bench store`.
 //! Needs `/usr/bin/aws` (`apt-get install awscli`). Servers not installed are left
 //! out of the table (said on stderr); `COSA_BENCH_SERVERS=s3s-fs` (comma-separated)
-//! runs only those. Prints a Markdown table for BENCHMARKS.md, with the mean CPU
+//! runs only those; `COSA_BENCH_RUNS` sets the runs per operation (default 5) and
+//! `COSA_BENCH_COSA_ARGS` adds options to cosa-upload and cosa-fetch. Prints a Markdown table for BENCHMARKS.md, with the mean CPU
 //! seconds per run of the client command and of the server: on loopback both share
 //! the machine's cores, so a client that needs less CPU leaves more to the server.
 
@@ -19,7 +20,14 @@ use cosa::meta::{Artifact, Meta};
 
 const ARTIFACTS: usize = 4;
 const ARTIFACT_SIZE: usize = 512 << 20;
-const RUNS: usize = 3;
+/// Runs of each operation (`COSA_BENCH_RUNS`, default 5).
+fn runs() -> usize {
+    std::env::var("COSA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(5)
+}
 const BUCKET: &str = "bench";
 const AWS: &str = "/usr/bin/aws";
 
@@ -55,11 +63,13 @@ fn cpu_secs(pid: &str, children: bool) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// One operation measured over `RUNS` runs: the best time, the best time of the
+/// One operation measured over the runs: the best time, the best time of the
 /// operation followed by `sync` (its data on the disk: cosa-fetch does not fsync by
 /// default, nor does the awscli), and the mean CPU seconds of the client (the
 /// command run) and of the server per run.
 struct Measured {
+    /// Each run's time, in order.
+    times: Vec<Duration>,
     best: Duration,
     best_synced: Duration,
     client_cpu: f64,
@@ -88,7 +98,8 @@ fn measure(server: u32, mut sides: Vec<Side<'_>>) -> Result<Vec<Measured>> {
     let sp = server.to_string();
     let mut acc: Vec<(Vec<Duration>, Vec<Duration>, f64, f64)> =
         sides.iter().map(|_| Default::default()).collect();
-    for _ in 0..RUNS {
+    let n = runs();
+    for _ in 0..n {
         for (side, acc) in sides.iter_mut().zip(acc.iter_mut()) {
             (side.prepare)()?;
             run_ok(&mut Command::new("sync"))?;
@@ -107,13 +118,31 @@ fn measure(server: u32, mut sides: Vec<Side<'_>>) -> Result<Vec<Measured>> {
     acc.into_iter()
         .map(|(v, synced, c, s)| {
             Ok(Measured {
-                best: v.into_iter().min().context("no runs")?,
+                best: v.iter().copied().min().context("no runs")?,
+                times: v,
                 best_synced: synced.into_iter().min().context("no runs")?,
-                client_cpu: c / RUNS as f64,
-                server_cpu: s / RUNS as f64,
+                client_cpu: c / n as f64,
+                server_cpu: s / n as f64,
             })
         })
         .collect()
+}
+
+/// The median over rounds of the peer's time over ours: each round ran both sides
+/// back to back, so a slow spell of the machine weighs on both of a pair.
+fn median_ratio(ours: &Measured, peer: &Measured) -> f64 {
+    let mut r: Vec<f64> = ours
+        .times
+        .iter()
+        .zip(&peer.times)
+        .map(|(o, p)| p.as_secs_f64() / o.as_secs_f64())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => r[n / 2],
+        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -248,6 +277,10 @@ fn cosa(s: &Server, name: &str) -> Command {
     c.env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_ENDPOINT_URL", &s.endpoint)
         .env("RUST_LOG", "warn");
+    // Options for both binaries, to try settings (e.g. `--jobs 4`).
+    if let Ok(extra) = std::env::var("COSA_BENCH_COSA_ARGS") {
+        c.args(extra.split_whitespace());
+    }
     c
 }
 
@@ -336,7 +369,7 @@ fn main() -> Result<()> {
     .remove(0);
     let _ = std::fs::remove_dir_all(&cpdest);
     let mut rows = vec![format!(
-        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | {:.2} s | – | – | – | – |",
+        "| plain `cp -r` (bound) | {:.2} s | {:.0} MiB/s | – | – | {:.2} s | – | – | – | – |",
         cp.best.as_secs_f64(),
         mibs(cp.best),
         cp.best_synced.as_secs_f64()
@@ -432,7 +465,7 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(dir.join("awsfetch"));
         for (op, c, a) in [("upload", cosa_up, aws_up), ("fetch", cosa_down, aws_down)] {
             rows.push(format!(
-                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | {:.2} s | 1.00× | {:.2}× of cp | {:.1} s | {:.1} s |",
+                "| {name} {op}: `aws s3 cp --recursive` (peer) | {:.2} s | {:.0} MiB/s | 1.00× | – | {:.2} s | 1.00× | {:.2}× of cp | {:.1} s | {:.1} s |",
                 a.best.as_secs_f64(),
                 mibs(a.best),
                 a.best_synced.as_secs_f64(),
@@ -441,11 +474,12 @@ fn main() -> Result<()> {
                 a.server_cpu
             ));
             rows.push(format!(
-                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2} s | {:.2}× | {:.2}× of cp | {:.1} s | {:.1} s |",
+                "| {name} {op}: cosa-{} | {:.2} s | {:.0} MiB/s | **{:.2}×** of aws | {:.2}× | {:.2} s | {:.2}× | {:.2}× of cp | {:.1} s | {:.1} s |",
                 if op == "upload" { "upload" } else { "fetch (sha256-verified)" },
                 c.best.as_secs_f64(),
                 mibs(c.best),
                 mibs(c.best) / mibs(a.best),
+                median_ratio(&c, &a),
                 c.best_synced.as_secs_f64(),
                 a.best_synced.as_secs_f64() / c.best_synced.as_secs_f64(),
                 mibs(c.best) / mibs(cp.best),
@@ -458,13 +492,14 @@ fn main() -> Result<()> {
         let _ = std::fs::remove_dir_all(dir.join(name));
     }
     println!(
-        "2 GiB build ({ARTIFACTS} × {} MiB), best of {RUNS} runs each\n",
-        ARTIFACT_SIZE >> 20
+        "2 GiB build ({ARTIFACTS} × {} MiB), best of {} runs each\n",
+        ARTIFACT_SIZE >> 20,
+        runs()
     );
     println!(
-        "| operation | time | throughput | ratio to peer | time + `sync` | ratio to peer | ratio to cp | client CPU | server CPU |"
+        "| operation | time | throughput | ratio to peer | median of paired ratios | time + `sync` | ratio to peer | ratio to cp | client CPU | server CPU |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         println!("{r}");
     }
