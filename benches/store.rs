@@ -7,9 +7,10 @@
 //! Needs `/usr/bin/aws` (`apt-get install awscli`). Servers not installed are left
 //! out of the table (said on stderr); `COSA_BENCH_SERVERS=s3s-fs` (comma-separated)
 //! runs only those; `COSA_BENCH_RUNS` sets the runs per operation (default 5) and
-//! `COSA_BENCH_COSA_ARGS` adds options to cosa-upload and cosa-fetch. Prints a Markdown table for BENCHMARKS.md, with the mean CPU
-//! seconds per run of the client command and of the server: on loopback both share
-//! the machine's cores, so a client that needs less CPU leaves more to the server.
+//! `COSA_BENCH_COSA_ARGS` adds options to cosa-upload and cosa-fetch. Prints a
+//! Markdown table for BENCHMARKS.md, with the mean CPU seconds per run of the
+//! client command and of the server: on loopback both share the machine's cores,
+//! so a client that needs less CPU leaves more to the server.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
