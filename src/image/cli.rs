@@ -152,25 +152,28 @@ fn run_vm(g: &GlobalArgs, r: &RunArgs) -> Result<Outcome> {
         Accel::Tcg => false,
         Accel::Auto => qemu::kvm_works(),
     };
-    qemu::run(&Vm {
-        disk,
-        format: if r.platform == Platform::Qemu {
-            "qcow2"
-        } else {
-            "raw"
+    qemu::run(
+        &Vm {
+            disk,
+            format: if r.platform == Platform::Qemu {
+                "qcow2"
+            } else {
+                "raw"
+            },
+            sector: r.platform.sector_size(),
+            firmware: if r.uefi {
+                Firmware::Uefi
+            } else {
+                Firmware::Bios
+            },
+            memory_mib: r.memory,
+            cpus: r.cpus,
+            kvm,
+            no_reboot: r.no_reboot,
+            extra: r.qemu_args.clone(),
         },
-        sector: r.platform.sector_size(),
-        firmware: if r.uefi {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        },
-        memory_mib: r.memory,
-        cpus: r.cpus,
-        kvm,
-        no_reboot: r.no_reboot,
-        extra: r.qemu_args.clone(),
-    })?;
+        r.accel == Accel::Auto,
+    )?;
     Ok(Outcome::Success)
 }
 

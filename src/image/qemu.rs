@@ -233,8 +233,34 @@ pub fn command(vm: &Vm, ovmf: Option<&Ovmf>, vars: Option<&Utf8Path>) -> Result<
     Ok(c)
 }
 
-/// Boot `vm` with the console on this terminal; returns when QEMU exits.
-pub fn run(vm: &Vm) -> Result<()> {
+/// Boot `vm` with the console on this terminal; returns when QEMU exits. With
+/// `tcg_fallback`, a KVM that fails the guest (see [`run_watched`]) is left for TCG:
+/// the VM boots again, emulated.
+pub fn run(vm: &Vm, tcg_fallback: bool) -> Result<()> {
+    match boot(vm)? {
+        Ended::Exited => Ok(()),
+        Ended::KvmFailed if tcg_fallback => {
+            tracing::warn!(
+                "KVM failed the guest (\"KVM internal error\": this /dev/kvm passes a probe but not a real kernel, as under some nested virtualisation); booting again with TCG"
+            );
+            let tcg = Vm {
+                kvm: false,
+                ..vm.clone()
+            };
+            match boot(&tcg)? {
+                Ended::Exited => Ok(()),
+                Ended::KvmFailed => bail!("qemu-system-x86_64 reported a KVM error under TCG"),
+            }
+        }
+        Ended::KvmFailed => {
+            bail!(
+                "KVM failed the guest (\"KVM internal error\"); QEMU was stopped: use --accel tcg"
+            )
+        }
+    }
+}
+
+fn boot(vm: &Vm) -> Result<Ended> {
     let ovmf = match vm.firmware {
         Firmware::Uefi => Some(find_ovmf()?),
         Firmware::Bios => None,
@@ -249,7 +275,7 @@ pub fn run(vm: &Vm) -> Result<()> {
     if let Some(Ovmf::Split { vars: tmpl, .. }) = &ovmf {
         std::fs::copy(tmpl, &vars).with_context(|| format!("copying {tmpl}"))?;
     }
-    let mut c = command(vm, ovmf.as_ref(), Some(&vars))?;
+    let c = command(vm, ovmf.as_ref(), Some(&vars))?;
     tracing::info!(
         "booting {} ({}, {}, {})",
         vm.disk,
@@ -265,16 +291,99 @@ pub fn run(vm: &Vm) -> Result<()> {
             "4096-byte sectors"
         }
     );
-    let st = c.status().context("running qemu-system-x86_64")?;
-    if !st.success() {
-        bail!("qemu-system-x86_64 exited with {st}");
+    run_watched(c)
+}
+
+/// How a QEMU run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// QEMU exited successfully.
+    Exited,
+    /// KVM failed the guest; QEMU was stopped.
+    KvmFailed,
+}
+
+/// What QEMU prints on stderr when KVM cannot run the guest; QEMU then pauses the
+/// VM and waits for ever.
+const KVM_FAILURES: [&str; 2] = ["KVM internal error", "KVM: entry failed"];
+
+/// Run QEMU with stdin and stdout on this terminal, passing its stderr through
+/// while watching it for a KVM failure, on which QEMU is killed. A QEMU that
+/// exits unsuccessfully is an error.
+fn run_watched(mut c: Command) -> Result<Ended> {
+    use std::io::{BufRead, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut child = c
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running qemu-system-x86_64")?;
+    let failed = Arc::new(AtomicBool::new(false));
+    let watcher = child.stderr.take().map(|err| {
+        let failed = failed.clone();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(err);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let _ = std::io::stderr().write_all(&line);
+                let text = String::from_utf8_lossy(&line);
+                if KVM_FAILURES.iter().any(|m| text.contains(m)) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                line.clear();
+            }
+        })
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().context("waiting for qemu-system-x86_64")? {
+            break st;
+        }
+        if failed.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            let _ = child.wait();
+            if let Some(w) = watcher {
+                let _ = w.join();
+            }
+            return Ok(Ended::KvmFailed);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if let Some(w) = watcher {
+        let _ = w.join();
     }
-    Ok(())
+    if failed.load(Ordering::SeqCst) {
+        return Ok(Ended::KvmFailed);
+    }
+    if !status.success() {
+        bail!("qemu-system-x86_64 exited with {status}");
+    }
+    Ok(Ended::Exited)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]).stdout(Stdio::null());
+        c
+    }
+
+    /// A QEMU that reports a KVM failure and then waits (as QEMU does, the VM
+    /// paused) is stopped and reported; others end as they exit.
+    #[test]
+    fn kvm_failure_stops_qemu() -> Result<()> {
+        // Left alone, the sleep ends after 600 s and the run counts as exited.
+        let ended = run_watched(sh(
+            "echo booting; echo 'KVM internal error. Suberror: 1' >&2; exec sleep 600",
+        ))?;
+        assert_eq!(ended, Ended::KvmFailed);
+        assert_eq!(run_watched(sh("echo warning >&2; exit 0"))?, Ended::Exited);
+        let e = run_watched(sh("exit 3")).unwrap_err();
+        assert!(format!("{e:#}").contains("exited with"), "{e:#}");
+        Ok(())
+    }
 
     #[test]
     fn command_line() {
