@@ -336,24 +336,22 @@ fn run_watched(mut c: Command) -> Result<Ended> {
     });
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for qemu-system-x86_64")? {
-            break st;
+            break Some(st);
         }
         if failed.load(Ordering::SeqCst) {
             let _ = child.kill();
             let _ = child.wait();
-            if let Some(w) = watcher {
-                let _ = w.join();
-            }
-            return Ok(Ended::KvmFailed);
+            break None;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     if let Some(w) = watcher {
         let _ = w.join();
     }
-    if failed.load(Ordering::SeqCst) {
+    // Killed, or exited with the failure on stderr.
+    let Some(status) = status.filter(|_| !failed.load(Ordering::SeqCst)) else {
         return Ok(Ended::KvmFailed);
-    }
+    };
     if !status.success() {
         bail!("qemu-system-x86_64 exited with {status}");
     }

@@ -289,13 +289,18 @@ impl S3Store {
             .with_context(|| format!("reading {path}"))?
             .len();
         if size <= MULTIPART_THRESHOLD.max(self.part_size) {
-            let (tx, mut rx) = tokio::sync::mpsc::channel(1);
             let p = path.to_owned();
-            let sha = tokio::task::spawn_blocking(move || read_parts(&p, size, size.max(1), &tx))
-                .await
-                .context("reading task failed")??;
+            let (sha, body) = tokio::task::spawn_blocking(move || {
+                let mut body = Bytes::new();
+                read_parts(&p, size, size, |_, part| {
+                    body = part;
+                    Ok(())
+                })
+                .map(|sha| (sha, body))
+            })
+            .await
+            .context("reading task failed")??;
             super::check_sent(path, &sha, meta.sha256.as_deref())?;
-            let body = rx.recv().await.map(|(_, b)| b).unwrap_or_default();
             self.client
                 .put_object()
                 .bucket(&self.bucket)
@@ -350,7 +355,14 @@ impl S3Store {
         // bounded by (jobs + 2) parts per file.
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let p = path.to_owned();
-        let reader = tokio::task::spawn_blocking(move || read_parts(&p, size, part_size, &tx));
+        let reader = tokio::task::spawn_blocking(move || {
+            read_parts(&p, size, part_size, |number, part| {
+                // A closed channel: the uploads stopped (one failed), and their
+                // error is the one to report.
+                tx.blocking_send((number, part))
+                    .map_err(|_| anyhow!("{p}: the upload stopped"))
+            })
+        });
         let parts = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|part| (part, rx))
         })
@@ -577,21 +589,21 @@ impl S3Store {
 }
 
 /// Read `size` bytes of `path` in order, `part_size` at a time, hashing them, and
-/// hand each part (numbered from 1) to `tx`; returns the sha256 of all of them. One
-/// read per part into a buffer that is not zeroed first, and the bytes are sent from
-/// that buffer: the file is read once, by this thread.
+/// hand each part (numbered from 1) to `send`; returns the sha256 of all of them.
+/// One read per part into a buffer that is not zeroed first, and the bytes are sent
+/// from that buffer: the file is read once, by this thread.
 fn read_parts(
     path: &Utf8Path,
     size: u64,
     part_size: u64,
-    tx: &tokio::sync::mpsc::Sender<(i32, Bytes)>,
+    mut send: impl FnMut(i32, Bytes) -> Result<()>,
 ) -> Result<String> {
     use sha2::Digest;
     use std::io::Read;
     let mut file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
     let mut hasher = sha2::Sha256::new();
     let (mut off, mut number) = (0u64, 1i32);
-    while off < size || number == 1 {
+    while off < size {
         let len = part_size.min(size - off);
         let mut buf = Vec::with_capacity(len as usize);
         (&mut file)
@@ -604,10 +616,7 @@ fn read_parts(
             );
         }
         hasher.update(&buf);
-        if tx.blocking_send((number, Bytes::from(buf))).is_err() {
-            // The uploads stopped (one failed): their error is the one to report.
-            anyhow::bail!("{path}: the upload stopped");
-        }
+        send(number, Bytes::from(buf))?;
         off += len;
         number += 1;
     }

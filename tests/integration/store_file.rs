@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use cosa::builds::BuildsJson;
+use cosa::meta::Meta;
 use sha2::{Digest, Sha256};
 
 use crate::common::{Run, TestWorkdir, bin, run, utf8};
@@ -31,6 +32,26 @@ fn store_dir() -> Result<(tempfile::TempDir, Utf8PathBuf)> {
 
 fn read_store_builds(dir: &Utf8Path) -> Result<BuildsJson> {
     BuildsJson::parse(&std::fs::read(dir.join("builds.json"))?, "builds.json")
+}
+
+/// Build 1.0 for x86_64 with artifacts of `sizes`, uploaded to a new file:// store:
+/// the store's directory (removed when dropped), its URL, the work directory and
+/// the build's meta.json.
+fn uploaded_build(sizes: &[u64]) -> Result<(tempfile::TempDir, String, TestWorkdir, Meta)> {
+    let (td, store) = store_dir()?;
+    let url = format!("file://{store}");
+    let t = TestWorkdir::new()?;
+    let meta = make_build(&t, "1.0", "x86_64", sizes)?;
+    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    Ok((td, url, t, meta))
+}
+
+/// Build 1.0 for x86_64 as fetched into `w` is the one uploaded from `t`.
+fn assert_fetched(t: &TestWorkdir, w: &TestWorkdir) -> Result<()> {
+    assert_same_tree(
+        &t.wd.build_arch_dir("1.0", "x86_64")?,
+        &w.wd.build_arch_dir("1.0", "x86_64")?,
+    )
 }
 
 /// The system calls `trace` (strace's `-e trace=` list) that cosa-fetch made on
@@ -63,21 +84,14 @@ fn partial_calls(t: &TestWorkdir, url: &str, extra: &[&str], trace: &str) -> Res
 /// awscli and coreos-assembler leave theirs); `--sync` fsyncs each one first.
 #[test]
 fn fetch_syncs_only_with_sync() -> Result<()> {
-    let (_td, store) = store_dir()?;
-    let url = format!("file://{store}");
-    let t = TestWorkdir::new()?;
-    make_build(&t, "1.0", "x86_64", &[3 << 20, 10, 0])?;
-    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let (_td, url, t, _) = uploaded_build(&[3 << 20, 10, 0])?;
     let fsyncs = "fsync,fdatasync";
     let t2 = TestWorkdir::new()?;
     assert_eq!(partial_calls(&t2, &url, &[], fsyncs)?.len(), 0);
     let t3 = TestWorkdir::new()?;
     assert_eq!(partial_calls(&t3, &url, &["--sync"], fsyncs)?.len(), 3);
     for w in [&t2, &t3] {
-        assert_same_tree(
-            &t.wd.build_arch_dir("1.0", "x86_64")?,
-            &w.wd.build_arch_dir("1.0", "x86_64")?,
-        )?;
+        assert_fetched(&t, w)?;
     }
     Ok(())
 }
@@ -87,11 +101,7 @@ fn fetch_syncs_only_with_sync() -> Result<()> {
 /// both give the same files.
 #[test]
 fn fetch_writes_direct_unless_buffered() -> Result<()> {
-    let (_td, store) = store_dir()?;
-    let url = format!("file://{store}");
-    let t = TestWorkdir::new()?;
-    make_build(&t, "1.0", "x86_64", &[(9 << 20) + 4321, 5000, 0])?;
-    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let (_td, url, t, _) = uploaded_build(&[(9 << 20) + 4321, 5000, 0])?;
     let direct = |calls: &[String]| {
         calls
             .iter()
@@ -105,10 +115,7 @@ fn fetch_writes_direct_unless_buffered() -> Result<()> {
     let calls = partial_calls(&t3, &url, &["--buffered"], "fcntl")?;
     assert_eq!(direct(&calls), 0, "{calls:#?}");
     for w in [&t2, &t3] {
-        assert_same_tree(
-            &t.wd.build_arch_dir("1.0", "x86_64")?,
-            &w.wd.build_arch_dir("1.0", "x86_64")?,
-        )?;
+        assert_fetched(&t, w)?;
     }
     Ok(())
 }
@@ -119,11 +126,7 @@ fn fetch_writes_direct_unless_buffered() -> Result<()> {
 /// next run fetches the file whole.
 #[test]
 fn fetch_continues_a_partial_file() -> Result<()> {
-    let (_td, store) = store_dir()?;
-    let url = format!("file://{store}");
-    let t = TestWorkdir::new()?;
-    let meta = make_build(&t, "1.0", "x86_64", &[(6 << 20) + 77])?;
-    ok(run(cosa("cosa-upload", &t).args(["--url", &url]))?);
+    let (_td, url, t, meta) = uploaded_build(&[(6 << 20) + 77])?;
     let name = &meta.images["a0"].path;
     let data = std::fs::read(t.wd.build_arch_dir("1.0", "x86_64")?.join(name))?;
     let have = (3 << 20) + 1234;
@@ -144,10 +147,7 @@ fn fetch_continues_a_partial_file() -> Result<()> {
         let r = ok(fetch(&w, extra)?);
         let said = format!("resuming at byte {from} of {}", data.len());
         assert!(r.stderr.contains(&said), "{extra:?}: {}", r.stderr);
-        assert_same_tree(
-            &t.wd.build_arch_dir("1.0", "x86_64")?,
-            &w.wd.build_arch_dir("1.0", "x86_64")?,
-        )?;
+        assert_fetched(&t, &w)?;
     }
     let w = TestWorkdir::new()?;
     let mut wrong = data[..have].to_vec();
@@ -159,11 +159,7 @@ fn fetch_continues_a_partial_file() -> Result<()> {
     assert!(!dir.join(name).exists());
     assert!(!dir.join(format!(".cosa-tmp.{name}.partial")).exists());
     ok(fetch(&w, &[])?);
-    assert_same_tree(
-        &t.wd.build_arch_dir("1.0", "x86_64")?,
-        &w.wd.build_arch_dir("1.0", "x86_64")?,
-    )?;
-    Ok(())
+    assert_fetched(&t, &w)
 }
 
 #[test]
